@@ -1,0 +1,370 @@
+//! The live price book of one pricing replica: an immutable snapshot swapped on
+//! every committed change, the commit path, and the fan-out to watchers.
+//!
+//! Reads (`Quote`, `GetPriceBook`) never wait on Redis: they clone an `Arc` of
+//! the current snapshot. Writes are serialized per replica by `commit_lock` and
+//! across replicas by the store's compare-and-set on the version; changes made
+//! by other replicas arrive through the change-stream tailer ([`PriceBookState::follow`]).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tenantmeter_domain::pricebook::{PriceBook, PriceBookChange};
+use tenantmeter_proto::v1 as pb;
+use tokio::sync::{Mutex, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::convert;
+use crate::error::PricingError;
+use crate::seed::{PlansFile, PriceFile};
+use crate::store::{Commit, PriceBookStore, StoreError, Write};
+
+/// How many times a change is retried when another replica commits first.
+const COMMIT_ATTEMPTS: usize = 8;
+/// Changes buffered per watcher before it is considered lagging (and resent
+/// the whole book).
+const WATCH_BUFFER: usize = 256;
+/// How long one blocking read of the change stream waits.
+const TAIL_BLOCK: Duration = Duration::from_secs(2);
+
+/// The shipped files the book is seeded from, with a digest of their bytes.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// List prices.
+    pub prices: PriceFile,
+    /// Plans.
+    pub plans: PlansFile,
+    /// SHA-256 of both files' bytes: a seed is re-imported only when it changed.
+    pub digest: String,
+}
+
+/// A committed change, as sent to watchers.
+pub type Broadcast = Arc<pb::WatchPriceBookResponse>;
+
+/// The replica's price book.
+#[derive(Debug)]
+pub struct PriceBookState {
+    store: PriceBookStore,
+    current: RwLock<Arc<PriceBook>>,
+    commit_lock: Mutex<()>,
+    changes: broadcast::Sender<Broadcast>,
+}
+
+/// The change in the form the stream and watchers carry.
+fn change_message(change: &PriceBookChange) -> pb::watch_price_book_response::Update {
+    use pb::watch_price_book_response::Update;
+    match change {
+        PriceBookChange::UpsertPrices(prices) => {
+            Update::PricesUpserted(pb::UpsertModelPricesRequest {
+                prices: prices.iter().map(convert::model_price_to_proto).collect(),
+            })
+        }
+        PriceBookChange::UpsertPlan(plan) => Update::PlanUpserted(convert::plan_to_proto(plan)),
+        PriceBookChange::AssignPlans(assignments) => {
+            Update::PlansAssigned(pb::AssignPlansRequest {
+                assignments: assignments
+                    .iter()
+                    .map(|(tenant, plan)| pb::TenantPlanAssignment {
+                        tenant_id: tenant.to_string(),
+                        plan_id: plan.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// The domain change a stream entry carries; `None` for a whole-book entry.
+fn change_from_message(
+    update: &pb::watch_price_book_response::Update,
+) -> Result<Option<PriceBookChange>, PricingError> {
+    use pb::watch_price_book_response::Update;
+    Ok(match update {
+        Update::Snapshot(_) => None,
+        Update::PricesUpserted(request) => Some(PriceBookChange::UpsertPrices(
+            request
+                .prices
+                .iter()
+                .enumerate()
+                .map(|(i, p)| convert::model_price_from_proto(p, &format!("prices[{i}]")))
+                .collect::<Result<_, _>>()?,
+        )),
+        Update::PlanUpserted(plan) => Some(PriceBookChange::UpsertPlan(convert::plan_from_proto(
+            plan, "plan",
+        )?)),
+        Update::PlansAssigned(request) => Some(PriceBookChange::AssignPlans(
+            request
+                .assignments
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let tenant =
+                        convert::tenant_id(&a.tenant_id, &format!("assignments[{i}].tenant_id"))?;
+                    let plan = (!a.plan_id.is_empty())
+                        .then(|| convert::plan_id(&a.plan_id, &format!("assignments[{i}].plan_id")))
+                        .transpose()?;
+                    Ok((tenant, plan))
+                })
+                .collect::<Result<_, PricingError>>()?,
+        )),
+    })
+}
+
+fn writes_of(change: &PriceBookChange) -> Vec<Write> {
+    match change {
+        PriceBookChange::UpsertPrices(prices) => prices.iter().map(Write::price).collect(),
+        PriceBookChange::UpsertPlan(plan) => vec![Write::plan(plan)],
+        PriceBookChange::AssignPlans(assignments) => assignments
+            .iter()
+            .map(|(tenant, plan)| Write::assignment(tenant, plan.as_ref()))
+            .collect(),
+    }
+}
+
+impl PriceBookState {
+    /// Loads the book from Redis, importing `seed` first when Redis has no book
+    /// or holds one seeded from different files. Returns the state and the
+    /// change-stream position to follow from.
+    pub async fn open(store: PriceBookStore, seed: &Seed) -> Result<(Self, String), PricingError> {
+        // Read the stream position first: a change committed between this and
+        // the load is then both in the book and replayed, and replay skips it.
+        let mut position = store.last_change_id().await?;
+        let loaded = store.load().await?;
+        let needs_seed = loaded
+            .as_ref()
+            .is_none_or(|(_, digest)| *digest != seed.digest);
+        let book = match loaded {
+            Some((book, _)) if !needs_seed => book,
+            loaded => {
+                let base = loaded.map(|(book, _)| book);
+                let book = Self::import(&store, base, seed).await?;
+                position = store.last_change_id().await?;
+                book
+            }
+        };
+        tracing::info!(
+            version = book.version,
+            prices = book.prices.len(),
+            plans = book.plans.len(),
+            assignments = book.assignments.len(),
+            "price book loaded"
+        );
+        let (changes, _) = broadcast::channel(WATCH_BUFFER);
+        Ok((
+            Self {
+                store,
+                current: RwLock::new(Arc::new(book)),
+                commit_lock: Mutex::new(()),
+                changes,
+            },
+            position,
+        ))
+    }
+
+    /// Commits the seed on top of `base` (prices and plans upserted, meta set)
+    /// as one version, retrying if another replica seeds at the same time.
+    async fn import(
+        store: &PriceBookStore,
+        mut base: Option<PriceBook>,
+        seed: &Seed,
+    ) -> Result<PriceBook, PricingError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let expected = base.as_ref().map_or(0, |b| b.version);
+            let mut book = base.clone().unwrap_or_else(|| PriceBook {
+                version: 0,
+                updated_at: std::time::UNIX_EPOCH,
+                prices_as_of: String::new(),
+                prices_source: String::new(),
+                default_region: String::new(),
+                default_plan: seed.plans.default_plan.clone(),
+                prices: Default::default(),
+                plans: Default::default(),
+                assignments: Default::default(),
+            });
+            book.prices_as_of.clone_from(&seed.prices.as_of);
+            book.prices_source.clone_from(&seed.prices.source);
+            book.default_region.clone_from(&seed.prices.default_region);
+            book.default_plan = seed.plans.default_plan.clone();
+            for price in &seed.prices.prices {
+                book.prices.insert(price.key.clone(), price.clone());
+            }
+            for plan in &seed.plans.plans {
+                book.plans.insert(plan.id.clone(), plan.clone());
+            }
+            let mut writes = vec![
+                Write::meta("prices_as_of", &book.prices_as_of),
+                Write::meta("prices_source", &book.prices_source),
+                Write::meta("default_region", &book.default_region),
+                Write::meta("default_plan", book.default_plan.as_str()),
+                Write::meta("seed_digest", &seed.digest),
+            ];
+            writes.extend(seed.prices.prices.iter().map(Write::price));
+            writes.extend(seed.plans.plans.iter().map(Write::plan));
+            let message = pb::WatchPriceBookResponse {
+                version: 0,
+                update: Some(pb::watch_price_book_response::Update::Snapshot(
+                    pb::PriceBook::default(),
+                )),
+            };
+            match store.commit(expected, &message, &writes).await? {
+                Commit::Done { version, at } => {
+                    book.version = version;
+                    book.updated_at = at;
+                    tracing::info!(version, digest = %seed.digest, "imported the shipped price files");
+                    return Ok(book);
+                }
+                Commit::Conflict { .. } => match store.load().await? {
+                    // Another replica imported the same files meanwhile.
+                    Some((loaded, digest)) if digest == seed.digest => return Ok(loaded),
+                    loaded => base = loaded.map(|(book, _)| book),
+                },
+            }
+        }
+        Err(PricingError::Contended)
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<PriceBook> {
+        // A poisoned lock only means a panic elsewhere mid-swap of an Arc, which
+        // cannot leave it half-written; keep serving the last snapshot.
+        self.current.read().map_or_else(
+            |poisoned| poisoned.into_inner().clone(),
+            |guard| guard.clone(),
+        )
+    }
+
+    fn replace(&self, book: PriceBook) {
+        let book = Arc::new(book);
+        match self.current.write() {
+            Ok(mut guard) => *guard = book,
+            Err(poisoned) => *poisoned.into_inner() = book,
+        }
+    }
+
+    /// The current book and a receiver of every change committed after it.
+    pub fn subscribe(&self) -> (Arc<PriceBook>, broadcast::Receiver<Broadcast>) {
+        // Subscribe before reading: a change landing in between is then both in
+        // the snapshot and received, and the watcher skips it by version.
+        let receiver = self.changes.subscribe();
+        (self.current(), receiver)
+    }
+
+    fn publish(&self, version: u64, update: pb::watch_price_book_response::Update) {
+        // No receivers is not an error: nobody is watching.
+        let _ = self.changes.send(Arc::new(pb::WatchPriceBookResponse {
+            version,
+            update: Some(update),
+        }));
+    }
+
+    fn publish_snapshot(&self, book: &PriceBook) {
+        self.publish(
+            book.version,
+            pb::watch_price_book_response::Update::Snapshot(convert::book_to_proto(book)),
+        );
+    }
+
+    /// Validates and commits `change`; returns the new version.
+    pub async fn apply(&self, change: PriceBookChange) -> Result<u64, PricingError> {
+        let _serialized = self.commit_lock.lock().await;
+        let update = change_message(&change);
+        let message = pb::WatchPriceBookResponse {
+            version: 0,
+            update: Some(update.clone()),
+        };
+        let writes = writes_of(&change);
+        for _ in 0..COMMIT_ATTEMPTS {
+            let current = self.current();
+            current.check(&change)?;
+            match self
+                .store
+                .commit(current.version, &message, &writes)
+                .await?
+            {
+                Commit::Done { version, at } => {
+                    let mut next = (*current).clone();
+                    next.apply(change, version, at)?;
+                    self.replace(next);
+                    self.publish(version, update);
+                    return Ok(version);
+                }
+                Commit::Conflict { current } => {
+                    tracing::debug!(current, "another replica committed first; reloading");
+                    self.reload().await?;
+                }
+            }
+        }
+        Err(PricingError::Contended)
+    }
+
+    async fn reload(&self) -> Result<(), StoreError> {
+        if let Some((book, _)) = self.store.load().await? {
+            self.publish_snapshot(&book);
+            self.replace(book);
+        }
+        Ok(())
+    }
+
+    /// Follows the change stream from `position` until `shutdown`, applying
+    /// changes committed by other replicas. Errors are logged and retried with
+    /// a pause: a replica that cannot reach Redis keeps serving its last book.
+    pub async fn follow(&self, mut position: String, shutdown: CancellationToken) {
+        let mut conn = None;
+        while !shutdown.is_cancelled() {
+            let result = async {
+                if conn.is_none() {
+                    conn = Some(self.store.tail_connection(TAIL_BLOCK).await?);
+                }
+                let Some(active) = conn.as_mut() else {
+                    return Ok(());
+                };
+                let records = PriceBookStore::read_changes(active, &position, TAIL_BLOCK).await?;
+                for record in records {
+                    position.clone_from(&record.stream_id);
+                    self.absorb(record.version, record.at, &record.change)
+                        .await?;
+                }
+                Ok::<(), PricingError>(())
+            };
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return,
+                outcome = result => outcome,
+            };
+            if let Err(error) = outcome {
+                tracing::warn!(%error, "following price book changes failed; retrying");
+                conn = None;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+
+    async fn absorb(
+        &self,
+        version: u64,
+        at: std::time::SystemTime,
+        message: &pb::WatchPriceBookResponse,
+    ) -> Result<(), PricingError> {
+        let _serialized = self.commit_lock.lock().await;
+        let current = self.current();
+        if version <= current.version {
+            return Ok(()); // our own commit, or already loaded
+        }
+        let change = match &message.update {
+            Some(update) if version == current.version + 1 => change_from_message(update)?,
+            Some(_) | None => None,
+        };
+        match (change, &message.update) {
+            (Some(change), Some(update)) => {
+                let mut next = (*current).clone();
+                next.apply(change, version, at)?;
+                self.replace(next);
+                self.publish(version, update.clone());
+            }
+            (Some(_) | None, _) => self.reload().await?,
+        }
+        Ok(())
+    }
+}
