@@ -43,12 +43,28 @@ pub(crate) async fn run(cli: Cli, config: Config, env: EnvMap) -> ExitCode {
     let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!("{}", one_line(&error));
             ExitCode::FAILURE
         }
     };
     guard.shutdown().await;
     code
+}
+
+/// The error and its causes on one line. Many errors already include their
+/// cause in their own message; a cause whose text is already there is skipped.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 #[allow(clippy::print_stdout)] // the command's output is the config
@@ -177,7 +193,10 @@ async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
             () = shutdown.triggered() => Ok(()),
             outcome = &mut pricing => {
                 outcome_of(outcome, "pricing")?;
-                anyhow::bail!("the pricing service stopped unexpectedly");
+                // A service stops cleanly only when shutdown began; both can be
+                // ready at once, and then this branch may win the race.
+                anyhow::ensure!(shutdown.is_triggered(), "the pricing service stopped unexpectedly");
+                Ok(())
             }
         }
     }

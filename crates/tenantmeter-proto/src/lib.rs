@@ -22,4 +22,5 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of every tenantmeter proto and its imports, for
 /// `tonic_reflection` (both v1 and v1alpha).
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tenantmeter_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("tenantmeter_descriptor");
