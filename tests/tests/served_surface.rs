@@ -1,0 +1,153 @@
+//! What every tenantmeter service must expose, checked on each service that
+//! exists: its gRPC services listed through reflection v1alpha (what grpcurl
+//! 1.8.6 speaks) and v1, health SERVING for each, and NOT_SERVING once shutdown
+//! begins. Each service runs in-process on port 0 against its own redis-server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tenantmeter_pricing::{PricingConfig, PricingDeps};
+use tenantmeter_runtime::client::{self, ClientOptions, TracedChannel};
+use tenantmeter_runtime::shutdown::Shutdown;
+use tenantmeter_testkit::{RedisServer, poll_until_ok};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+async fn channel(addr: SocketAddr) -> TracedChannel {
+    client::connect(&format!("http://{addr}"), &ClientOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn status(addr: SocketAddr, service: &str) -> Result<i32, tonic::Status> {
+    HealthClient::new(channel(addr).await)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map(|reply| reply.into_inner().status)
+}
+
+async fn list_v1alpha(addr: SocketAddr) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel(addr).await)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.next().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            names
+        }
+        other => panic!("expected a service list, got {other:?}"),
+    }
+}
+
+async fn describe_v1(addr: SocketAddr, symbol: &str) -> usize {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
+    };
+    let mut responses = ServerReflectionClient::new(channel(addr).await)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.next().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::FileDescriptorResponse(files)) => files.file_descriptor_proto.len(),
+        other => panic!("{symbol} not resolved: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pricing_serves_health_and_reflection_and_reports_draining() {
+    let redis = RedisServer::start().await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let deps = PricingDeps {
+        redis_url: redis.url(),
+        admin_token: None,
+    };
+    let server = tokio::spawn(tenantmeter_pricing::run(
+        PricingConfig::default(),
+        deps,
+        listener,
+        shutdown.clone(),
+    ));
+
+    let serving = ServingStatus::Serving as i32;
+    poll_until_ok(Duration::from_secs(20), || async {
+        match status(addr, "").await {
+            Ok(code) if code == serving => Ok(()),
+            Ok(code) => Err(format!("status {code}")),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await
+    .unwrap();
+
+    let services = list_v1alpha(addr).await;
+    assert_eq!(
+        services,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "tenantmeter.v1.PricingAdminService",
+            "tenantmeter.v1.PricingService",
+        ]
+    );
+    for service in [
+        "tenantmeter.v1.PricingService",
+        "tenantmeter.v1.PricingAdminService",
+    ] {
+        assert_eq!(status(addr, service).await.unwrap(), serving, "{service}");
+        assert!(describe_v1(addr, service).await > 0);
+    }
+    // Message types used by the RPCs resolve too, imports included.
+    assert!(describe_v1(addr, "tenantmeter.v1.QuoteResponse").await > 0);
+
+    // A watch on health sees NOT_SERVING as soon as shutdown begins, before
+    // the server stops accepting.
+    let mut watch = HealthClient::new(channel(addr).await)
+        .watch(HealthCheckRequest {
+            service: "tenantmeter.v1.PricingService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, serving);
+    shutdown.trigger();
+    let not_serving = ServingStatus::NotServing as i32;
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a health update after shutdown");
+    assert!(
+        matches!(&next, Some(Ok(reply)) if reply.status == not_serving),
+        "{next:?}"
+    );
+    drop(watch);
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("drained in time")
+        .unwrap()
+        .unwrap();
+}
