@@ -53,17 +53,17 @@ fn request() -> pb::QuoteRequest {
 
 fn report(name: &str, count: usize, elapsed: Duration, latencies: &mut [Duration]) {
     latencies.sort_unstable();
-    let at = |q: f64| {
+    let at = |percent: usize| {
         latencies
-            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .get(latencies.len().saturating_sub(1) * percent / 100)
             .copied()
             .unwrap_or_default()
     };
     println!(
         "{name:<34} {:>10.0} quotes/s   p50 {:>9.1?}   p99 {:>9.1?}",
         count as f64 / elapsed.as_secs_f64(),
-        at(0.50),
-        at(0.99)
+        at(50),
+        at(99)
     );
 }
 
