@@ -19,6 +19,23 @@ pub enum Offering {
     Batch,
 }
 
+impl Offering {
+    /// The name used in files, keys and messages: `on_demand` or `batch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on_demand",
+            Self::Batch => "batch",
+        }
+    }
+
+    /// Parses [`Offering::as_str`]'s names.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::OnDemand, Self::Batch]
+            .into_iter()
+            .find(|offering| offering.as_str() == text)
+    }
+}
+
 /// Routing scope of an inference, when it changes the price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PriceScope {
@@ -26,6 +43,23 @@ pub enum PriceScope {
     Regional,
     /// A global cross-region profile.
     Global,
+}
+
+impl PriceScope {
+    /// The name used in files, keys and messages: `regional` or `global`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Regional => "regional",
+            Self::Global => "global",
+        }
+    }
+
+    /// Parses [`PriceScope::as_str`]'s names.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Regional, Self::Global]
+            .into_iter()
+            .find(|scope| scope.as_str() == text)
+    }
 }
 
 /// Prices of the four token kinds; `None` where the model does not offer the
@@ -89,18 +123,13 @@ pub struct PriceKey {
 
 impl fmt::Display for PriceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let offering = match self.offering {
-            Offering::OnDemand => "on-demand",
-            Offering::Batch => "batch",
-        };
-        let scope = match self.scope {
-            PriceScope::Regional => "regional",
-            PriceScope::Global => "global",
-        };
         write!(
             f,
-            "{} in {} ({offering}, {scope})",
-            self.model_id, self.region
+            "{} in {} ({}, {})",
+            self.model_id,
+            self.region,
+            self.offering.as_str(),
+            self.scope.as_str()
         )
     }
 }

@@ -184,14 +184,7 @@ impl pb::pricing_admin_service_server::PricingAdminService for PricingApi {
             }
             .into());
         }
-        let prices = request
-            .prices
-            .iter()
-            .enumerate()
-            .map(|(index, price)| {
-                convert::model_price_from_proto(price, &format!("prices[{index}]"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let prices = convert::model_prices_from_proto(&request.prices, "prices")?;
         let version = self
             .book
             .apply(PriceBookChange::UpsertPrices(prices))
@@ -228,19 +221,7 @@ impl pb::pricing_admin_service_server::PricingAdminService for PricingApi {
     ) -> Result<Response<pb::AssignPlansResponse>, Status> {
         let request = request.into_inner();
         check_len("assignments", request.assignments.len(), MAX_BATCH)?;
-        let assignments = request
-            .assignments
-            .iter()
-            .enumerate()
-            .map(|(index, a)| {
-                let tenant =
-                    convert::tenant_id(&a.tenant_id, &format!("assignments[{index}].tenant_id"))?;
-                let plan = (!a.plan_id.is_empty())
-                    .then(|| convert::plan_id(&a.plan_id, &format!("assignments[{index}].plan_id")))
-                    .transpose()?;
-                Ok((tenant, plan))
-            })
-            .collect::<Result<Vec<_>, PricingError>>()?;
+        let assignments = convert::assignments_from_proto(&request.assignments, "assignments")?;
         let version = self
             .book
             .apply(PriceBookChange::AssignPlans(assignments))

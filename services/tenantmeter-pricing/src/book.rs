@@ -82,30 +82,13 @@ fn change_from_message(
     Ok(match update {
         Update::Snapshot(_) => None,
         Update::PricesUpserted(request) => Some(PriceBookChange::UpsertPrices(
-            request
-                .prices
-                .iter()
-                .enumerate()
-                .map(|(i, p)| convert::model_price_from_proto(p, &format!("prices[{i}]")))
-                .collect::<Result<_, _>>()?,
+            convert::model_prices_from_proto(&request.prices, "prices")?,
         )),
         Update::PlanUpserted(plan) => Some(PriceBookChange::UpsertPlan(convert::plan_from_proto(
             plan, "plan",
         )?)),
         Update::PlansAssigned(request) => Some(PriceBookChange::AssignPlans(
-            request
-                .assignments
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    let tenant =
-                        convert::tenant_id(&a.tenant_id, &format!("assignments[{i}].tenant_id"))?;
-                    let plan = (!a.plan_id.is_empty())
-                        .then(|| convert::plan_id(&a.plan_id, &format!("assignments[{i}].plan_id")))
-                        .transpose()?;
-                    Ok((tenant, plan))
-                })
-                .collect::<Result<_, PricingError>>()?,
+            convert::assignments_from_proto(&request.assignments, "assignments")?,
         )),
     })
 }

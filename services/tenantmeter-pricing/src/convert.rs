@@ -22,11 +22,6 @@ fn invalid(field: impl Into<String>, reason: impl ToString) -> PricingError {
     }
 }
 
-/// Converts a `SystemTime` to a protobuf timestamp.
-pub fn timestamp(at: std::time::SystemTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(at)
-}
-
 /// Token counts from the contract; negative counts are refused by field name.
 pub fn usage_from_proto(
     usage: Option<&pb::TokenUsage>,
@@ -187,6 +182,40 @@ pub fn model_price_from_proto(
     })
 }
 
+/// List prices from the contract; `field` names the list.
+pub fn model_prices_from_proto(
+    prices: &[pb::ModelPrice],
+    field: &str,
+) -> Result<Vec<ModelPrice>, PricingError> {
+    prices
+        .iter()
+        .enumerate()
+        .map(|(index, price)| model_price_from_proto(price, &format!("{field}[{index}]")))
+        .collect()
+}
+
+/// Plan assignments from the contract: an empty plan id removes the tenant's
+/// assignment. `field` names the list.
+pub fn assignments_from_proto(
+    assignments: &[pb::TenantPlanAssignment],
+    field: &str,
+) -> Result<Vec<(TenantId, Option<PlanId>)>, PricingError> {
+    assignments
+        .iter()
+        .enumerate()
+        .map(|(index, assignment)| {
+            let tenant = tenant_id(
+                &assignment.tenant_id,
+                &format!("{field}[{index}].tenant_id"),
+            )?;
+            let plan = (!assignment.plan_id.is_empty())
+                .then(|| plan_id(&assignment.plan_id, &format!("{field}[{index}].plan_id")))
+                .transpose()?;
+            Ok((tenant, plan))
+        })
+        .collect()
+}
+
 /// A list price in the contract's form.
 pub fn model_price_to_proto(price: &ModelPrice) -> pb::ModelPrice {
     pb::ModelPrice {
@@ -318,7 +347,7 @@ pub fn plan_to_proto(plan: &Plan) -> pb::Plan {
 pub fn book_to_proto(book: &PriceBook) -> pb::PriceBook {
     pb::PriceBook {
         version: book.version,
-        updated_at: Some(timestamp(book.updated_at)),
+        updated_at: Some(tenantmeter_runtime::clock::to_timestamp(book.updated_at)),
         prices_as_of: book.prices_as_of.clone(),
         prices_source: book.prices_source.clone(),
         default_region: book.default_region.clone(),

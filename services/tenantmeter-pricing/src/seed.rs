@@ -195,24 +195,6 @@ fn token_prices(
     Ok(prices)
 }
 
-/// Parses the offering names used in files and the CLI.
-pub fn parse_offering(text: &str) -> Option<Offering> {
-    match text {
-        "on_demand" => Some(Offering::OnDemand),
-        "batch" => Some(Offering::Batch),
-        _ => None,
-    }
-}
-
-/// Parses the scope names used in files and the CLI.
-pub fn parse_scope(text: &str) -> Option<PriceScope> {
-    match text {
-        "regional" => Some(PriceScope::Regional),
-        "global" => Some(PriceScope::Global),
-        _ => None,
-    }
-}
-
 /// Loads a price file.
 pub fn load_price_file(path: &Path) -> Result<PriceFile, SeedFileError> {
     parse_price_file(&path.display().to_string(), &read(path)?)
@@ -236,13 +218,13 @@ pub fn parse_price_file(file: &str, text: &str) -> Result<PriceFile, SeedFileErr
         };
         let model_id =
             ModelId::parse(model.model_id.clone()).map_err(|e| loc.err("model_id", e))?;
-        let offering = parse_offering(&model.offering).ok_or_else(|| {
+        let offering = Offering::parse(&model.offering).ok_or_else(|| {
             loc.err(
                 "offering",
                 format!("{:?} is not \"on_demand\" or \"batch\"", model.offering),
             )
         })?;
-        let scope = parse_scope(&model.scope).ok_or_else(|| {
+        let scope = PriceScope::parse(&model.scope).ok_or_else(|| {
             loc.err(
                 "scope",
                 format!("{:?} is not \"regional\" or \"global\"", model.scope),

@@ -24,7 +24,7 @@ use prost::Message as _;
 use redis::AsyncCommands as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use tenantmeter_domain::ids::{PlanId, TenantId};
-use tenantmeter_domain::pricebook::{ModelPrice, Offering, PriceBook, PriceKey, PriceScope};
+use tenantmeter_domain::pricebook::{ModelPrice, PriceBook, PriceKey};
 use tenantmeter_proto::v1 as pb;
 
 use crate::convert;
@@ -160,15 +160,13 @@ impl Write {
 
 /// The stable hash field of a price key.
 fn price_field(key: &PriceKey) -> String {
-    let offering = match key.offering {
-        Offering::OnDemand => "on_demand",
-        Offering::Batch => "batch",
-    };
-    let scope = match key.scope {
-        PriceScope::Regional => "regional",
-        PriceScope::Global => "global",
-    };
-    format!("{}|{}|{offering}|{scope}", key.model_id, key.region)
+    format!(
+        "{}|{}|{}|{}",
+        key.model_id,
+        key.region,
+        key.offering.as_str(),
+        key.scope.as_str()
+    )
 }
 
 /// The outcome of a commit.
