@@ -45,6 +45,8 @@ pub type Broadcast = Arc<pb::WatchPriceBookResponse>;
 #[derive(Debug)]
 pub struct PriceBookState {
     store: PriceBookStore,
+    /// Digest of the seed files this replica started with, kept with a restored book.
+    seed_digest: String,
     current: RwLock<Arc<PriceBook>>,
     commit_lock: Mutex<()>,
     changes: broadcast::Sender<Broadcast>,
@@ -104,6 +106,35 @@ fn writes_of(change: &PriceBookChange) -> Vec<Write> {
     }
 }
 
+/// Every write that stores `book` whole (meta, prices, plans, assignments).
+fn whole_book_writes(book: &PriceBook, seed_digest: &str) -> Vec<Write> {
+    let mut writes = vec![
+        Write::meta("prices_as_of", &book.prices_as_of),
+        Write::meta("prices_source", &book.prices_source),
+        Write::meta("default_region", &book.default_region),
+        Write::meta("default_plan", book.default_plan.as_str()),
+        Write::meta("seed_digest", seed_digest),
+    ];
+    writes.extend(book.prices.values().map(Write::price));
+    writes.extend(book.plans.values().map(Write::plan));
+    writes.extend(
+        book.assignments
+            .iter()
+            .map(|(tenant, plan)| Write::assignment(tenant, Some(plan))),
+    );
+    writes
+}
+
+/// The stream entry of a whole-book commit: followers reload from the hashes.
+fn whole_book_message() -> pb::WatchPriceBookResponse {
+    pb::WatchPriceBookResponse {
+        version: 0,
+        update: Some(pb::watch_price_book_response::Update::Snapshot(
+            pb::PriceBook::default(),
+        )),
+    }
+}
+
 impl PriceBookState {
     /// Loads the book from Redis, importing `seed` first when Redis has no book
     /// or holds one seeded from different files. Returns the state and the
@@ -136,6 +167,7 @@ impl PriceBookState {
         Ok((
             Self {
                 store,
+                seed_digest: seed.digest.clone(),
                 current: RwLock::new(Arc::new(book)),
                 commit_lock: Mutex::new(()),
                 changes,
@@ -174,22 +206,9 @@ impl PriceBookState {
             for plan in &seed.plans.plans {
                 book.plans.insert(plan.id.clone(), plan.clone());
             }
-            let mut writes = vec![
-                Write::meta("prices_as_of", &book.prices_as_of),
-                Write::meta("prices_source", &book.prices_source),
-                Write::meta("default_region", &book.default_region),
-                Write::meta("default_plan", book.default_plan.as_str()),
-                Write::meta("seed_digest", &seed.digest),
-            ];
-            writes.extend(seed.prices.prices.iter().map(Write::price));
-            writes.extend(seed.plans.plans.iter().map(Write::plan));
-            let message = pb::WatchPriceBookResponse {
-                version: 0,
-                update: Some(pb::watch_price_book_response::Update::Snapshot(
-                    pb::PriceBook::default(),
-                )),
-            };
-            match store.commit(expected, &message, &writes).await? {
+            let writes = whole_book_writes(&book, &seed.digest);
+            let message = whole_book_message();
+            match store.commit(expected, 0, &message, &writes).await? {
                 Commit::Done { version, at } => {
                     book.version = version;
                     book.updated_at = at;
@@ -261,7 +280,7 @@ impl PriceBookState {
             current.check(&change)?;
             match self
                 .store
-                .commit(current.version, &message, &writes)
+                .commit(current.version, 0, &message, &writes)
                 .await?
             {
                 Commit::Done { version, at } => {
@@ -281,11 +300,42 @@ impl PriceBookState {
     }
 
     async fn reload(&self) -> Result<(), StoreError> {
-        if let Some((book, _)) = self.store.load().await? {
-            self.publish_snapshot(&book);
-            self.replace(book);
-        }
+        let book = match self.store.load().await? {
+            Some((book, _)) => book,
+            None => match self.restore().await? {
+                Some(book) => book,
+                None => return Ok(()),
+            },
+        };
+        self.publish_snapshot(&book);
+        self.replace(book);
         Ok(())
+    }
+
+    /// Writes this replica's copy back when the book vanished from Redis (a
+    /// flush, or a Redis without persistence restarted), so no committed change
+    /// is lost and versions keep increasing for watchers. Returns the book now
+    /// in Redis, whoever restored it.
+    async fn restore(&self) -> Result<Option<PriceBook>, StoreError> {
+        let mut book = (*self.current()).clone();
+        tracing::error!(
+            version = book.version,
+            "the price book is missing from redis; restoring this replica's copy"
+        );
+        let writes = whole_book_writes(&book, &self.seed_digest);
+        match self
+            .store
+            .commit(0, book.version + 1, &whole_book_message(), &writes)
+            .await?
+        {
+            Commit::Done { version, at } => {
+                book.version = version;
+                book.updated_at = at;
+                Ok(Some(book))
+            }
+            // Another replica restored it first.
+            Commit::Conflict { .. } => Ok(self.store.load().await?.map(|(book, _)| book)),
+        }
     }
 
     /// Follows the change stream from `position` until `shutdown`, applying

@@ -43,9 +43,11 @@ const CHANGE_STREAM_LENGTH: u32 = 10_000;
 /// new script rather than a silent edit of this one.
 ///
 /// KEYS: meta, prices, plans, assignments, changes.
-/// ARGV: expected version, stream cap, encoded change, then triplets of
-/// (target 1=meta 2=prices 3=plans 4=assignments, field, value); an empty value
-/// deletes the field.
+/// ARGV: expected version, lowest version to commit as, stream cap, encoded
+/// change, then triplets of (target 1=meta 2=prices 3=plans 4=assignments,
+/// field, value); an empty value deletes the field. The lowest version lets a
+/// replica restore a book that vanished from Redis without moving versions
+/// backwards for watchers.
 /// Returns {1, version, now_ms} when committed, {0, current version} on conflict.
 const COMMIT_SCRIPT: &str = r"
 -- tenantmeter pricing commit_change v1
@@ -55,7 +57,7 @@ if current ~= tonumber(ARGV[1]) then
 end
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local target = KEYS[tonumber(ARGV[i])]
   if ARGV[i + 2] == '' then
     redis.call('HDEL', target, ARGV[i + 1])
@@ -63,10 +65,10 @@ for i = 4, #ARGV, 3 do
     redis.call('HSET', target, ARGV[i + 1], ARGV[i + 2])
   end
 end
-local version = current + 1
+local version = math.max(current + 1, tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], 'version', version, 'updated_at_ms', now_ms)
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*',
-  'version', version, 'at_ms', now_ms, 'change', ARGV[3])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*',
+  'version', version, 'at_ms', now_ms, 'change', ARGV[4])
 return {1, version, now_ms}
 ";
 
@@ -250,10 +252,12 @@ impl PriceBookStore {
             .await?)
     }
 
-    /// Commits `writes` as the version after `expected`.
+    /// Commits `writes` as the version after `expected` (or as `floor` when
+    /// that is higher).
     pub async fn commit(
         &self,
         expected: u64,
+        floor: u64,
         change: &pb::WatchPriceBookResponse,
         writes: &[Write],
     ) -> Result<Commit, StoreError> {
@@ -265,6 +269,7 @@ impl PriceBookStore {
             .key(ASSIGNMENTS)
             .key(CHANGES)
             .arg(expected)
+            .arg(floor)
             .arg(CHANGE_STREAM_LENGTH)
             .arg(change.encode_to_vec());
         for write in writes {

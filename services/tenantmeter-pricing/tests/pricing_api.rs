@@ -549,3 +549,69 @@ async fn the_watch_stream_ends_when_the_service_shuts_down() {
     assert!(matches!(end, Ok(None) | Err(_)));
     replica.stop().await;
 }
+
+#[tokio::test]
+async fn a_book_lost_from_redis_is_restored_without_losing_changes() {
+    let redis = RedisServer::start().await.unwrap();
+    let replica = Replica::start(&redis.url()).await;
+    let mut admin_client = replica.admin().await;
+    let assign = |tenant: &str, plan: &str| {
+        admin(pb::AssignPlansRequest {
+            assignments: vec![pb::TenantPlanAssignment {
+                tenant_id: tenant.into(),
+                plan_id: plan.into(),
+            }],
+        })
+    };
+    let before = admin_client
+        .assign_plans(assign("acme", "pro"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+
+    // Someone flushes Redis (or a Redis without persistence restarts).
+    let mut conn = redis
+        .client()
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+
+    // The next change restores the replica's copy first; versions keep rising.
+    let after = admin_client
+        .assign_plans(assign("globex", "enterprise"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert!(after > before + 1, "{after} after {before}");
+    replica.stop().await;
+
+    let replica = Replica::start(&redis.url()).await;
+    let book = replica
+        .client()
+        .await
+        .get_price_book(pb::GetPriceBookRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .price_book
+        .unwrap();
+    assert_eq!(book.version, after, "reloaded, not re-seeded");
+    let mut assignments: Vec<(String, String)> = book
+        .assignments
+        .into_iter()
+        .map(|a| (a.tenant_id, a.plan_id))
+        .collect();
+    assignments.sort();
+    assert_eq!(
+        assignments,
+        [
+            ("acme".into(), "pro".into()),
+            ("globex".into(), "enterprise".into())
+        ]
+    );
+    replica.stop().await;
+}
