@@ -13,3 +13,4 @@ pub mod pricebook;
 pub mod quote;
 pub mod ratecard;
 pub mod usage;
+pub mod window;
