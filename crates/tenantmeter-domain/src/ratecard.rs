@@ -267,6 +267,43 @@ impl Plan {
     pub fn period_charge_nanos(&self, value: AttoUsd) -> Option<i128> {
         self.cumulative_tier_charges(value)?.last().copied()
     }
+
+    /// The least period rated value whose charge reaches `charge_nanos`, so a
+    /// cap on the tenant charge can be enforced as a cap on rated value (which
+    /// each event adds to without knowing the period so far). `None` when no
+    /// rated value reaches it (zero rates) or the search overflows.
+    ///
+    /// Exact for graduated tiers, whose charge never decreases; under volume
+    /// tiers a charge can be reached, lost at a cheaper tier and reached again,
+    /// and this returns the first crossing.
+    pub fn rated_value_reaching(&self, charge_nanos: i128) -> Option<AttoUsd> {
+        let target = charge_nanos;
+        if target <= 0 {
+            return Some(AttoUsd::ZERO);
+        }
+        let reaches = |v: i128| {
+            self.period_charge_nanos(AttoUsd(v))
+                .is_some_and(|charge| charge >= target)
+        };
+        // Find an upper bound by doubling from one nano-USD, then bisect.
+        let mut high: i128 = crate::money::ATTOS_PER_NANO;
+        while !reaches(high) {
+            high = high.checked_mul(2)?;
+            if high > i128::MAX / 1_000_000_000_000 {
+                return None;
+            }
+        }
+        let mut low: i128 = 0;
+        while high - low > 1 {
+            let mid = low + (high - low) / 2;
+            if reaches(mid) {
+                high = mid;
+            } else {
+                low = mid;
+            }
+        }
+        Some(AttoUsd(high))
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +396,29 @@ mod tests {
         let mut p = three_tiers(TierMode::Graduated);
         p.adjustment_bps = -1000;
         assert_eq!(p.period_charge_nanos(usd(100)), Some(135 * NANOS));
+    }
+
+    #[test]
+    fn the_rated_value_reaching_a_charge_is_the_least_one() {
+        let p = three_tiers(TierMode::Graduated);
+        for target in [150 * NANOS, 1230 * NANOS + 1, 7] {
+            let v = p.rated_value_reaching(target).unwrap();
+            assert!(p.period_charge_nanos(v).unwrap() >= target);
+            assert!(p.period_charge_nanos(AttoUsd(v.0 - 1)).unwrap() < target);
+        }
+        // $150 of charge is about $100 of rated value at 1.5x (less by the
+        // half nano-USD that rounding gives away).
+        let v = p.rated_value_reaching(150 * NANOS).unwrap();
+        assert!(usd(100).0 - v.0 < crate::money::ATTOS_PER_NANO);
+        let free = plan(
+            TierMode::Graduated,
+            vec![Tier {
+                up_to: None,
+                rate: TierRate::Multiplier(0),
+            }],
+            0,
+        );
+        assert_eq!(free.rated_value_reaching(1), None);
     }
 
     #[test]

@@ -12,6 +12,10 @@ use std::ops::RangeInclusive;
 
 /// Buckets per rolling window.
 pub const BUCKETS: i64 = 60;
+/// Ring slots per stored window: two windows' worth, so an event up to one
+/// window ahead of the newest bucket (clock skew) never overwrites a bucket
+/// that is still inside the window.
+pub const RING: i64 = 2 * BUCKETS;
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
 /// Milliseconds in a UTC day (leap seconds are not counted, as in Unix time).
@@ -80,10 +84,11 @@ impl Window {
         t_ms <= now_ms && self.covered(now_ms).contains(&self.bucket(t_ms))
     }
 
-    /// The ring slot (0..60) a bucket is stored in: a bucket reuses the slot of
-    /// the bucket one window earlier, which by then is outside every window.
+    /// The ring slot (0..[`RING`]) a bucket is stored in: a bucket reuses the
+    /// slot of the bucket two windows earlier, which is then outside the window
+    /// even for an event up to one window in the future.
     pub const fn slot(bucket: i64) -> i64 {
-        bucket.rem_euclid(BUCKETS)
+        bucket.rem_euclid(RING)
     }
 }
 

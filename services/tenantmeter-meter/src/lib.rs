@@ -1,0 +1,4 @@
+//! The meter service (in progress).
+
+pub mod scripts;
+pub mod store;

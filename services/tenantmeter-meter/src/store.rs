@@ -1,0 +1,665 @@
+//! The meter's Redis keyspace behind verbs of the domain: record, reserve,
+//! settle, release, usage, history, policies. Every write is one script call on
+//! the tenant's slot ([`crate::scripts`]); reads are pipelined.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tenantmeter_domain::ids::TenantId;
+use tenantmeter_domain::usage::TokenUsage;
+use tenantmeter_domain::window::{CalendarPeriod, Window, day_index, hour_index, month_index};
+
+use crate::scripts;
+
+/// A failure to reach or use Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis answered with an error, or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis did not answer within the call's deadline.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A reply had an unexpected shape (a script and the code disagree).
+    #[error("unexpected reply from redis: {0}")]
+    Reply(String),
+}
+
+/// One connection kind or the other, behind redis-rs's `ConnectionLike`.
+#[derive(Clone)]
+pub enum Connection {
+    /// A single redis-server; reconnects on its own.
+    Single(ConnectionManager),
+    /// A Redis Cluster; routes each call to its slot's master.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "Connection::Single",
+            Self::Cluster(_) => "Connection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Retention and dedupe settings the scripts need.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// How long an event id is remembered, seconds (lateness + skew + margin).
+    pub dedupe_s: u64,
+    /// How long hourly rollups are kept after their hour, seconds.
+    pub hourly_s: u64,
+    /// How long daily and monthly rollups are kept after their period, seconds.
+    pub daily_s: u64,
+}
+
+/// What one event adds, ready for Redis.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Event id (dedupe key).
+    pub id: String,
+    /// Model id (per-model figures).
+    pub model: String,
+    /// Event time, ms.
+    pub time_ms: i64,
+    /// Tokens.
+    pub usage: TokenUsage,
+    /// Provider cost, pico-USD.
+    pub cost_pico: i128,
+    /// Rated value under the tenant's plan, pico-USD.
+    pub rated_pico: i128,
+}
+
+impl StoredEvent {
+    fn push_args(&self, args: &mut Vec<String>) {
+        args.extend([
+            self.id.clone(),
+            self.model.clone(),
+            self.time_ms.to_string(),
+            self.usage.input.to_string(),
+            self.usage.output.to_string(),
+            self.usage.cache_read.to_string(),
+            self.usage.cache_write.to_string(),
+            self.cost_pico.to_string(),
+            self.rated_pico.to_string(),
+        ]);
+    }
+}
+
+/// Figures of some usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Events.
+    pub requests: u64,
+    /// Tokens per kind.
+    pub tokens: TokenUsage,
+    /// Provider cost, pico-USD.
+    pub cost_pico: i128,
+    /// Rated value, pico-USD.
+    pub rated_pico: i128,
+}
+
+impl Figures {
+    /// Adds one metric's value by its stored name.
+    fn add(&mut self, metric: &str, value: i128) {
+        let tokens = |v: i128| u64::try_from(v).unwrap_or(0);
+        match metric {
+            "r" => self.requests = self.requests.saturating_add(tokens(value)),
+            "i" => self.tokens.input = self.tokens.input.saturating_add(tokens(value)),
+            "o" => self.tokens.output = self.tokens.output.saturating_add(tokens(value)),
+            "cr" => self.tokens.cache_read = self.tokens.cache_read.saturating_add(tokens(value)),
+            "cw" => self.tokens.cache_write = self.tokens.cache_write.saturating_add(tokens(value)),
+            "c" => self.cost_pico += value,
+            "rv" => self.rated_pico += value,
+            _ => {}
+        }
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A rollup hash: totals and per-model figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollup {
+    /// All models.
+    pub total: Figures,
+    /// Per model id.
+    pub models: BTreeMap<String, Figures>,
+}
+
+fn parse_rollup(fields: HashMap<String, String>) -> Rollup {
+    let mut rollup = Rollup::default();
+    for (field, value) in fields {
+        let Ok(value) = value.parse::<i128>() else {
+            continue;
+        };
+        match field.rsplit_once('|') {
+            Some((model, metric)) => rollup
+                .models
+                .entry(model.to_owned())
+                .or_default()
+                .add(metric, value),
+            None => rollup.total.add(&field, value),
+        }
+    }
+    rollup
+}
+
+/// A hash as read with HGETALL.
+type Hash = HashMap<String, String>;
+
+/// Sums the ring slots of a window hash that fall in the window at `now_ms`.
+fn sum_window(window: Window, now_ms: i64, fields: &HashMap<String, String>) -> Figures {
+    let mut figures = Figures::default();
+    for bucket in window.covered(now_ms) {
+        let slot = Window::slot(bucket);
+        let stamp = fields
+            .get(&format!("{slot}.s"))
+            .and_then(|s| s.parse::<i64>().ok());
+        if stamp != Some(bucket) {
+            continue;
+        }
+        for metric in ["r", "i", "o", "cr", "cw", "c", "rv"] {
+            if let Some(value) = fields
+                .get(&format!("{slot}.{metric}"))
+                .and_then(|v| v.parse::<i128>().ok())
+            {
+                figures.add(metric, value);
+            }
+        }
+    }
+    figures
+}
+
+/// A tenant's current figures as read from Redis.
+#[derive(Debug, Clone, Default)]
+pub struct UsageSnapshot {
+    /// Per window, in `Window::ALL` order.
+    pub windows: Vec<Figures>,
+    /// Today (UTC) so far, with models.
+    pub day: Rollup,
+    /// This month so far, with models.
+    pub month: Rollup,
+    /// Open reservations: count and tokens.
+    pub in_flight: (u64, u64),
+    /// Latest counted event time, ms.
+    pub last_event_ms: Option<i64>,
+    /// Per model, per window (only when asked).
+    pub model_windows: BTreeMap<String, Vec<Figures>>,
+}
+
+/// Arguments of a reservation.
+#[derive(Debug, Clone)]
+pub struct ReserveArgs {
+    /// Id for the new reservation.
+    pub reservation_id: String,
+    /// Model requested.
+    pub model: String,
+    /// Tokens to reserve.
+    pub tokens: u64,
+    /// Lease.
+    pub lease: Duration,
+    /// Plan limits: requests per minute, tokens per minute (0 = none).
+    pub plan_rpm: u64,
+    /// Tokens per minute.
+    pub plan_tpm: u64,
+    /// The plan's period budget as a month rated-value cap, pico (0 = none).
+    pub plan_month_rated_cap_pico: i128,
+    /// Models the caller could be downgraded to.
+    pub downgrade_targets: Vec<String>,
+    /// Simulated time; `None` uses the Redis server's clock.
+    pub now_override_ms: Option<i64>,
+}
+
+/// The outcome of a reservation as the script reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveReply {
+    /// Admitted?
+    pub admitted: bool,
+    /// Deny reason code (contract's DenyReason number); 0 when admitted.
+    pub reason: i32,
+    /// Limit that denied, in the reason's unit (pico for caps).
+    pub limit: i128,
+    /// Current figure in the same unit.
+    pub current: i128,
+    /// Whether the policy set the limit.
+    pub by_policy: bool,
+    /// Retry after, ms.
+    pub retry_ms: i64,
+    /// Level number carried by the policy.
+    pub level: i32,
+    /// Model reserved (maybe a downgrade).
+    pub model: String,
+    /// Whether it is a downgrade.
+    pub downgraded: bool,
+    /// Lease end, ms.
+    pub lease_expires_ms: i64,
+    /// Shadow: reason the policy would have denied with (0 = none).
+    pub shadow_reason: i32,
+    /// Shadow limit.
+    pub shadow_limit: i128,
+    /// Shadow current figure.
+    pub shadow_current: i128,
+    /// Shadow retry, ms.
+    pub shadow_retry_ms: i64,
+    /// The policy's human reason.
+    pub policy_reason: String,
+}
+
+/// The outcome of a settlement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettleReply {
+    /// The event was counted now (false: duplicate).
+    pub counted: bool,
+    /// A reservation was released.
+    pub released: bool,
+    /// The month's rated value after the event, pico.
+    pub month_rated_pico: i128,
+    /// Level carried by the policy.
+    pub level: i32,
+}
+
+fn text(value: &Value) -> String {
+    redis::from_redis_value_ref::<String>(value).unwrap_or_default()
+}
+
+fn int(value: &Value) -> Result<i128, StoreError> {
+    let written: String = redis::from_redis_value_ref(value)
+        .map_err(|e| StoreError::Reply(format!("not an integer: {value:?} ({e})")))?;
+    written
+        .parse()
+        .map_err(|_| StoreError::Reply(format!("not an integer: {written:?}")))
+}
+
+fn narrow<T: TryFrom<i128>>(value: i128, what: &str) -> Result<T, StoreError> {
+    T::try_from(value).map_err(|_| StoreError::Reply(format!("{what} out of range: {value}")))
+}
+
+/// The tenant's key prefix: its hash tag.
+pub fn tenant_key(tenant: &TenantId) -> String {
+    format!("{{t:{tenant}}}")
+}
+
+/// The meter's keyspace.
+#[derive(Debug, Clone)]
+pub struct MeterStore {
+    conn: Connection,
+    retention: Retention,
+    record: redis::Script,
+    reserve: redis::Script,
+    settle: redis::Script,
+    release: redis::Script,
+    apply_policy: redis::Script,
+    in_flight: redis::Script,
+}
+
+impl MeterStore {
+    /// Connects to one server (`urls` has one entry) or to a cluster.
+    pub async fn connect(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+        retention: Retention,
+    ) -> Result<Self, StoreError> {
+        let conn = if cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()?;
+            Connection::Cluster(client.get_async_connection().await?)
+        } else {
+            let url = urls
+                .first()
+                .ok_or_else(|| StoreError::Reply("no redis url".to_owned()))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            Connection::Single(
+                redis::Client::open(url.as_str())?
+                    .get_connection_manager_with_config(config)
+                    .await?,
+            )
+        };
+        Ok(Self {
+            conn,
+            retention,
+            record: scripts::script(scripts::RECORD_V1),
+            reserve: scripts::script(scripts::RESERVE_V1),
+            settle: scripts::script(scripts::SETTLE_V1),
+            release: scripts::script(scripts::RELEASE_V1),
+            apply_policy: scripts::script(scripts::APPLY_POLICY_V1),
+            in_flight: scripts::script(scripts::IN_FLIGHT_V1),
+        })
+    }
+
+    fn conn(&self) -> Connection {
+        self.conn.clone()
+    }
+
+    /// Counts one tenant's events, each at most once; `true` where counted now.
+    pub async fn record(
+        &self,
+        tenant: &TenantId,
+        events: &[StoredEvent],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut invocation = self.record.prepare_invoke();
+        invocation
+            .key(tenant_key(tenant))
+            .arg(self.retention.dedupe_s)
+            .arg(self.retention.hourly_s)
+            .arg(self.retention.daily_s);
+        let mut args = Vec::with_capacity(events.len() * 9);
+        for event in events {
+            event.push_args(&mut args);
+        }
+        for arg in &args {
+            invocation.arg(arg);
+        }
+        let reply: Vec<i64> = invocation.invoke_async(&mut self.conn()).await?;
+        if reply.len() != events.len() {
+            return Err(StoreError::Reply(format!(
+                "record answered {} results for {} events",
+                reply.len(),
+                events.len()
+            )));
+        }
+        Ok(reply.into_iter().map(|counted| counted == 1).collect())
+    }
+
+    /// Admits (and reserves) or denies.
+    pub async fn reserve(
+        &self,
+        tenant: &TenantId,
+        args: &ReserveArgs,
+    ) -> Result<ReserveReply, StoreError> {
+        let mut invocation = self.reserve.prepare_invoke();
+        invocation
+            .key(tenant_key(tenant))
+            .arg(
+                args.now_override_ms
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(&args.reservation_id)
+            .arg(&args.model)
+            .arg(args.tokens)
+            .arg(u64::try_from(args.lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(args.plan_rpm)
+            .arg(args.plan_tpm)
+            .arg(args.plan_month_rated_cap_pico.to_string())
+            .arg(args.downgrade_targets.len());
+        for target in &args.downgrade_targets {
+            invocation.arg(target);
+        }
+        let reply: Vec<Value> = invocation.invoke_async(&mut self.conn()).await?;
+        let [
+            admitted,
+            reason,
+            limit,
+            current,
+            by_policy,
+            retry,
+            level,
+            model,
+            downgraded,
+            expires,
+            shadow_reason,
+            shadow_limit,
+            shadow_current,
+            shadow_retry,
+            policy_reason,
+        ] = reply.as_slice()
+        else {
+            return Err(StoreError::Reply(format!("reserve answered {reply:?}")));
+        };
+        Ok(ReserveReply {
+            admitted: int(admitted)? == 1,
+            reason: narrow(int(reason)?, "reason")?,
+            limit: int(limit)?,
+            current: int(current)?,
+            by_policy: int(by_policy)? == 1,
+            retry_ms: narrow(int(retry)?, "retry")?,
+            level: narrow(int(level)?, "level")?,
+            model: text(model),
+            downgraded: int(downgraded)? == 1,
+            lease_expires_ms: narrow(int(expires)?, "lease")?,
+            shadow_reason: narrow(int(shadow_reason)?, "shadow reason")?,
+            shadow_limit: int(shadow_limit)?,
+            shadow_current: int(shadow_current)?,
+            shadow_retry_ms: narrow(int(shadow_retry)?, "shadow retry")?,
+            policy_reason: text(policy_reason),
+        })
+    }
+
+    /// Records an admitted request's usage and releases its reservation.
+    pub async fn settle(
+        &self,
+        tenant: &TenantId,
+        reservation_id: &str,
+        event: &StoredEvent,
+        now_override_ms: Option<i64>,
+    ) -> Result<SettleReply, StoreError> {
+        let mut invocation = self.settle.prepare_invoke();
+        invocation
+            .key(tenant_key(tenant))
+            .arg(now_override_ms.map(|t| t.to_string()).unwrap_or_default())
+            .arg(reservation_id)
+            .arg(self.retention.dedupe_s)
+            .arg(self.retention.hourly_s)
+            .arg(self.retention.daily_s);
+        let mut args = Vec::with_capacity(9);
+        event.push_args(&mut args);
+        for arg in &args {
+            invocation.arg(arg);
+        }
+        let reply: Vec<Value> = invocation.invoke_async(&mut self.conn()).await?;
+        let [counted, released, rated, level] = reply.as_slice() else {
+            return Err(StoreError::Reply(format!("settle answered {reply:?}")));
+        };
+        Ok(SettleReply {
+            counted: int(counted)? == 1,
+            released: int(released)? == 1,
+            month_rated_pico: int(rated)?,
+            level: narrow(int(level)?, "level")?,
+        })
+    }
+
+    /// Releases a reservation; `true` when one was open.
+    pub async fn release(
+        &self,
+        tenant: &TenantId,
+        reservation_id: &str,
+        now_override_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let released: i64 = self
+            .release
+            .key(tenant_key(tenant))
+            .arg(now_override_ms.map(|t| t.to_string()).unwrap_or_default())
+            .arg(reservation_id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// Stores a policy's fields unless a later-decided one is stored; `true`
+    /// when applied.
+    pub async fn apply_policy(
+        &self,
+        tenant: &TenantId,
+        decided_ms: i64,
+        expires_ms: i64,
+        fields: &[(String, Vec<u8>)],
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.apply_policy.prepare_invoke();
+        invocation
+            .key(tenant_key(tenant))
+            .arg(decided_ms)
+            .arg(expires_ms);
+        for (field, value) in fields {
+            invocation.arg(field).arg(value);
+        }
+        let applied: i64 = invocation.invoke_async(&mut self.conn()).await?;
+        Ok(applied == 1)
+    }
+
+    /// The stored policy's encoded form, if one is in force.
+    pub async fn policy(&self, tenant: &TenantId) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = format!("{}:policy", tenant_key(tenant));
+        let value: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(key)
+            .arg("proto")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(value)
+    }
+
+    /// A tenant's figures at `now_ms` (windows, day, month, in flight).
+    pub async fn usage(
+        &self,
+        tenant: &TenantId,
+        now_ms: i64,
+        include_models: bool,
+    ) -> Result<UsageSnapshot, StoreError> {
+        let base = tenant_key(tenant);
+        let mut pipe = redis::pipe();
+        for window in Window::ALL {
+            pipe.hgetall(format!("{base}:w:{}", window.key()));
+        }
+        pipe.hgetall(format!("{base}:d:{}", day_index(now_ms)))
+            .hgetall(format!("{base}:mo:{}", month_index(now_ms)))
+            .hget(format!("{base}:meta"), "last");
+        let mut conn = self.conn();
+        #[allow(clippy::type_complexity)] // one tuple per pipelined command
+        let (w0, w1, w2, w3, day, month, last): (
+            Hash,
+            Hash,
+            Hash,
+            Hash,
+            Hash,
+            Hash,
+            Option<i64>,
+        ) = pipe.query_async(&mut conn).await?;
+        let windows = [w0, w1, w2, w3]
+            .iter()
+            .zip(Window::ALL)
+            .map(|(fields, window)| sum_window(window, now_ms, fields))
+            .collect();
+        let in_flight: (u64, u64) = self
+            .in_flight
+            .key(&base)
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        let month = parse_rollup(month);
+        let mut model_windows = BTreeMap::new();
+        if include_models && !month.models.is_empty() {
+            let mut pipe = redis::pipe();
+            for model in month.models.keys() {
+                for window in Window::ALL {
+                    pipe.hgetall(format!("{base}:w:{}:{model}", window.key()));
+                }
+            }
+            let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+            for (model, chunk) in month.models.keys().zip(hashes.chunks(Window::ALL.len())) {
+                let figures = chunk
+                    .iter()
+                    .zip(Window::ALL)
+                    .map(|(fields, window)| sum_window(window, now_ms, fields))
+                    .collect();
+                model_windows.insert(model.clone(), figures);
+            }
+        }
+        Ok(UsageSnapshot {
+            windows,
+            day: parse_rollup(day),
+            month,
+            in_flight,
+            last_event_ms: last,
+            model_windows,
+        })
+    }
+
+    /// Rollups of a tenant from `start_ms` (inclusive) to `end_ms` (exclusive),
+    /// hourly or daily; one entry per bucket that has usage.
+    pub async fn history(
+        &self,
+        tenant: &TenantId,
+        period: HistoryPeriod,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(i64, Rollup)>, StoreError> {
+        let base = tenant_key(tenant);
+        let (step, prefix, index): (i64, &str, fn(i64) -> i64) = match period {
+            HistoryPeriod::Hour => (tenantmeter_domain::window::HOUR_MS, "h", hour_index),
+            HistoryPeriod::Day => (tenantmeter_domain::window::DAY_MS, "d", day_index),
+        };
+        let starts: Vec<i64> = (0..)
+            .map(|n| start_ms + n * step)
+            .take_while(|t| *t < end_ms)
+            .collect();
+        let mut pipe = redis::pipe();
+        for start in &starts {
+            pipe.hgetall(format!("{base}:{prefix}:{}", index(*start)));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(starts
+            .into_iter()
+            .zip(hashes)
+            .filter(|(_, fields)| !fields.is_empty())
+            .map(|(start, fields)| (start, parse_rollup(fields)))
+            .collect())
+    }
+}
+
+/// Granularity of stored rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryPeriod {
+    /// Hourly.
+    Hour,
+    /// Daily.
+    Day,
+}
+
+/// The bounds of today and this month at `now_ms`.
+pub fn period_bounds(now_ms: i64) -> [(CalendarPeriod, i64, i64); 2] {
+    [CalendarPeriod::Day, CalendarPeriod::Month].map(|period| {
+        let (start, end) = period.bounds(now_ms);
+        (period, start, end)
+    })
+}
