@@ -76,8 +76,10 @@ fn change_message(change: &PriceBookChange) -> pb::watch_price_book_response::Up
     }
 }
 
-/// The domain change a stream entry carries; `None` for a whole-book entry.
-fn change_from_message(
+/// The domain change a stream entry (or a `WatchPriceBook` message) carries,
+/// validated; `None` for a whole book. Shared by the replicas' change-stream
+/// tailer and the [`crate::follower`] of other services.
+pub(crate) fn change_from_message(
     update: &pb::watch_price_book_response::Update,
 ) -> Result<Option<PriceBookChange>, PricingError> {
     use pb::watch_price_book_response::Update;

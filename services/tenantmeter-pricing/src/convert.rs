@@ -365,6 +365,83 @@ pub fn book_to_proto(book: &PriceBook) -> pb::PriceBook {
     }
 }
 
+/// A whole book from the contract (a `WatchPriceBook` snapshot), validated
+/// like every request: each price, plan and assignment with the converters
+/// above, plus the book's own invariants (no duplicate keys, the default plan
+/// and every assigned plan exist). Refusals name the field, e.g.
+/// `plans[2].tiers[0].multiplier` or `assignments[0].plan_id`.
+pub fn book_from_proto(book: &pb::PriceBook) -> Result<PriceBook, PricingError> {
+    let updated_at = book
+        .updated_at
+        .as_ref()
+        .ok_or_else(|| invalid("updated_at", "is required"))?;
+    let updated_at = tenantmeter_runtime::clock::from_timestamp(updated_at)
+        .ok_or_else(|| invalid("updated_at", "is not a valid time"))?;
+    let mut prices = BTreeMap::new();
+    for (index, price) in model_prices_from_proto(&book.prices, "prices")?
+        .into_iter()
+        .enumerate()
+    {
+        let key = price.key.clone();
+        if prices.insert(key.clone(), price).is_some() {
+            return Err(invalid(
+                format!("prices[{index}]"),
+                format!("repeats the price of {key}"),
+            ));
+        }
+    }
+    let mut plans = BTreeMap::new();
+    for (index, plan) in book.plans.iter().enumerate() {
+        let plan = plan_from_proto(plan, &format!("plans[{index}]"))?;
+        let id = plan.id.clone();
+        if plans.insert(id.clone(), plan).is_some() {
+            return Err(invalid(
+                format!("plans[{index}].plan_id"),
+                format!("repeats plan {:?}", id.as_str()),
+            ));
+        }
+    }
+    let default_plan = plan_id(&book.default_plan_id, "default_plan_id")?;
+    if !plans.contains_key(&default_plan) {
+        return Err(invalid(
+            "default_plan_id",
+            format!("plan {:?} is not in plans", default_plan.as_str()),
+        ));
+    }
+    let mut assignments = BTreeMap::new();
+    for (index, (tenant, plan)) in assignments_from_proto(&book.assignments, "assignments")?
+        .into_iter()
+        .enumerate()
+    {
+        let field = |name: &str| format!("assignments[{index}].{name}");
+        let plan = plan.ok_or_else(|| invalid(field("plan_id"), "must name a plan"))?;
+        if !plans.contains_key(&plan) {
+            return Err(invalid(
+                field("plan_id"),
+                format!("plan {:?} is not in plans", plan.as_str()),
+            ));
+        }
+        let name = tenant.to_string();
+        if assignments.insert(tenant, plan).is_some() {
+            return Err(invalid(
+                field("tenant_id"),
+                format!("repeats tenant {name:?}"),
+            ));
+        }
+    }
+    Ok(PriceBook {
+        version: book.version,
+        updated_at,
+        prices_as_of: book.prices_as_of.clone(),
+        prices_source: book.prices_source.clone(),
+        default_region: book.default_region.clone(),
+        default_plan,
+        prices,
+        plans,
+        assignments,
+    })
+}
+
 /// A computed quote in the contract's form.
 pub fn quote_to_proto(quote: &Quote, plan: &Plan) -> pb::QuoteResponse {
     pb::QuoteResponse {
@@ -403,5 +480,112 @@ pub fn quote_to_proto(quote: &Quote, plan: &Plan) -> pb::QuoteResponse {
             .collect(),
         period_to_date_charge_nanos_usd: quote.period_to_date_charge_nanos,
         period_total_charge_nanos_usd: quote.period_total_charge_nanos,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    /// The shipped files as a book, with one assignment.
+    fn shipped_book() -> PriceBook {
+        let seed = crate::load_seed(&crate::PricingConfig::default()).unwrap();
+        let mut book = PriceBook {
+            version: 7,
+            updated_at: UNIX_EPOCH + Duration::from_millis(1_790_000_000_123),
+            prices_as_of: seed.prices.as_of,
+            prices_source: seed.prices.source,
+            default_region: seed.prices.default_region,
+            default_plan: seed.plans.default_plan,
+            prices: seed
+                .prices
+                .prices
+                .into_iter()
+                .map(|p| (p.key.clone(), p))
+                .collect(),
+            plans: seed
+                .plans
+                .plans
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect(),
+            assignments: BTreeMap::new(),
+        };
+        let plan = book.plans.keys().next().unwrap().clone();
+        book.assignments
+            .insert(TenantId::parse("acme").unwrap(), plan);
+        book
+    }
+
+    fn refusal(book: &pb::PriceBook) -> String {
+        book_from_proto(book).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_whole_book_survives_the_round_trip() {
+        let book = shipped_book();
+        assert!(!book.prices.is_empty() && !book.plans.is_empty());
+        assert_eq!(book_from_proto(&book_to_proto(&book)).unwrap(), book);
+    }
+
+    #[test]
+    fn a_bad_book_is_refused_naming_the_field() {
+        let good = book_to_proto(&shipped_book());
+
+        let mut no_time = good.clone();
+        no_time.updated_at = None;
+        assert_eq!(refusal(&no_time), "updated_at: is required");
+
+        let mut bad_price = good.clone();
+        bad_price.prices[1]
+            .prices
+            .as_mut()
+            .unwrap()
+            .output_usd_per_million_tokens = "cheap".into();
+        assert!(
+            refusal(&bad_price).starts_with("prices[1].prices.output_usd_per_million_tokens:"),
+            "{}",
+            refusal(&bad_price)
+        );
+
+        let mut repeated = good.clone();
+        repeated.prices.push(repeated.prices[0].clone());
+        let last = repeated.prices.len() - 1;
+        assert!(
+            refusal(&repeated).starts_with(&format!("prices[{last}]: repeats the price of")),
+            "{}",
+            refusal(&repeated)
+        );
+
+        let mut bad_plan = good.clone();
+        bad_plan.plans[0].tiers.clear();
+        assert!(
+            refusal(&bad_plan).starts_with("plans[0]."),
+            "{}",
+            refusal(&bad_plan)
+        );
+
+        let mut no_default = good.clone();
+        no_default.default_plan_id = "gold".into();
+        assert_eq!(
+            refusal(&no_default),
+            "default_plan_id: plan \"gold\" is not in plans"
+        );
+
+        let mut unknown = good.clone();
+        unknown.assignments[0].plan_id = "gold".into();
+        assert_eq!(
+            refusal(&unknown),
+            "assignments[0].plan_id: plan \"gold\" is not in plans"
+        );
+
+        let mut unassigned = good;
+        unassigned.assignments[0].plan_id = String::new();
+        assert_eq!(
+            refusal(&unassigned),
+            "assignments[0].plan_id: must name a plan"
+        );
     }
 }

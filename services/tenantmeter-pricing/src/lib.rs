@@ -4,13 +4,15 @@
 //! Start at [`run`]. The arithmetic lives in `tenantmeter-domain` (`quote`,
 //! `ratecard`); this crate adds the versioned price book in Redis ([`store`]),
 //! the replica's live copy and its watchers ([`book`]), the shipped seed files
-//! ([`seed`]) and the gRPC surface ([`api`]).
+//! ([`seed`]) and the gRPC surface ([`api`]). Other services keep a live copy of
+//! the book with the client side of `WatchPriceBook`, [`follower`].
 
 pub mod api;
 pub mod book;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod follower;
 pub mod seed;
 pub mod store;
 
