@@ -130,8 +130,9 @@ fn nanos(value: AttoUsd) -> i128 {
     round_half_even(value.0, ATTOS_PER_NANO)
 }
 
-/// List cost and rated value of one line, exact.
-fn price_line(
+/// The price key, exact list cost and exact rated value (under `plan`) of one
+/// line; `field` is the line's path for errors.
+pub fn price_line(
     book: &PriceBook,
     plan: &Plan,
     line: &QuoteLine,

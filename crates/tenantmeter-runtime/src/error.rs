@@ -59,6 +59,16 @@ pub fn resource_exhausted(
     )
 }
 
+/// FAILED_PRECONDITION: the request is well-formed but the system's state
+/// refuses it (an event too late to count). Carries `ErrorInfo` with `domain`
+/// (e.g. `tenantmeter.meter`) and the stable `reason` clients branch on.
+#[must_use]
+pub fn failed_precondition(domain: &str, reason: &str, description: impl Into<String>) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, domain, HashMap::new());
+    Status::with_error_details(Code::FailedPrecondition, description.into(), details)
+}
+
 /// UNAVAILABLE because a dependency (`what`: "redis", "pricing service") is down, with
 /// `RetryInfo` so well-behaved clients back off for `retry_after`.
 #[must_use]

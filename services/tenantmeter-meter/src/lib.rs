@@ -1,4 +1,105 @@
-//! The meter service (in progress).
+//! The meter: tenantmeter's ledger and brake. It counts every tenant's usage
+//! exactly once in Redis (rolling windows, day and month totals, hourly and
+//! daily rollups), admits or denies requests against the tenant's limits with
+//! reservations, and stores the throttle policies alerting decides.
+//!
+//! Start at [`run`], then [`meter::Meter`] (the behaviour), [`store`] (the
+//! verbs over Redis) and [`scripts`] (the Lua that makes each write atomic).
 
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod meter;
+pub mod paging;
+pub mod policy;
 pub mod scripts;
 pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tenantmeter_pricing::follower::PriceBookFollower;
+use tenantmeter_proto::v1::meter_service_server::MeterServiceServer;
+use tenantmeter_proto::v1::pricing_service_client::PricingServiceClient;
+use tenantmeter_runtime::client::{self, ClientOptions};
+use tenantmeter_runtime::clock::Clock;
+use tenantmeter_runtime::error::RuntimeError;
+use tenantmeter_runtime::server::{HealthHandle, ServeOptions, Services, serve};
+use tenantmeter_runtime::shutdown::Shutdown;
+use tokio::net::TcpListener;
+
+pub use crate::config::MeterConfig;
+use crate::store::{MeterStore, Retention, StoreError};
+
+/// How long start-up waits for the first price book before serving anyway
+/// (events are then refused as UNAVAILABLE until it arrives).
+const PRICE_BOOK_WAIT: Duration = Duration::from_secs(10);
+
+/// Why the meter could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Redis could not be reached at start-up.
+    #[error("cannot reach redis: {0}")]
+    Redis(#[from] StoreError),
+    /// The gRPC server or a client failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// What the meter needs besides its own section.
+#[derive(Debug, Clone)]
+pub struct MeterDeps {
+    /// Redis URL (comma-separated seed nodes with `redis_cluster`).
+    pub redis_url: String,
+    /// The clock everything reads; tests and backtests pass a manual one.
+    pub clock: Arc<dyn Clock>,
+}
+
+fn seconds(duration: Duration) -> u64 {
+    duration.as_secs().max(1)
+}
+
+/// Runs the meter on `listener` until `shutdown` fires.
+pub async fn run(
+    config: MeterConfig,
+    deps: MeterDeps,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let urls: Vec<String> = deps
+        .redis_url
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let retention = Retention {
+        // An event can be counted until it is `allowed_lateness` old; its mark
+        // must outlive that, plus the skew it may have arrived early by.
+        dedupe_s: seconds(config.allowed_lateness + config.allowed_skew + Duration::from_secs(60)),
+        hourly_s: seconds(config.hourly_retention),
+        daily_s: seconds(config.daily_retention),
+    };
+    let store =
+        MeterStore::connect(&urls, config.redis_cluster, config.redis_timeout, retention).await?;
+
+    let channel = client::connect_lazy(&config.pricing_url, &ClientOptions::default())?;
+    let (prices, follow) =
+        PriceBookFollower::start(PricingServiceClient::new(channel), shutdown.token().clone());
+    shutdown.spawn(follow);
+    match prices.ready(PRICE_BOOK_WAIT).await {
+        Ok(book) => tracing::info!(version = book.version, "price book received"),
+        Err(error) => tracing::warn!(%error, "serving without a price book until pricing answers"),
+    }
+
+    let meter = Arc::new(meter::Meter::new(store, prices, deps.clock, config.clone()));
+    let services = Services::new().add_service(MeterServiceServer::new(api::MeterApi::new(meter)));
+    serve(
+        ServeOptions::new(listener, config.server()),
+        services,
+        &HealthHandle::new(),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

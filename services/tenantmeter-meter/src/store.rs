@@ -147,6 +147,17 @@ impl Figures {
         }
     }
 
+    /// Adds another set of figures.
+    pub fn merge(&mut self, other: &Self) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.tokens = self
+            .tokens
+            .checked_add(&other.tokens)
+            .unwrap_or(self.tokens);
+        self.cost_pico += other.cost_pico;
+        self.rated_pico += other.rated_pico;
+    }
+
     /// Whether nothing was counted.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
@@ -615,6 +626,60 @@ impl MeterStore {
         })
     }
 
+    /// Marks tenants active at `at_ms` in the sharded index (ZADD GT, so an
+    /// older event never moves a tenant back). Idempotent: counting never
+    /// depends on it, so it runs beside the counting call, not after it.
+    pub async fn touch_active(&self, tenants: &[(&TenantId, i64)]) -> Result<(), StoreError> {
+        // One small atomic pipeline per shard key (a cluster routes each to its
+        // own slot), all sent concurrently.
+        let calls = tenants.iter().map(|(tenant, at_ms)| {
+            let key = active_key(active_shard(tenant, ACTIVE_SHARDS));
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("ZADD")
+                .arg(&key)
+                .arg("GT")
+                .arg(at_ms)
+                .arg(tenant.as_str())
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ACTIVE_FOR_MS)
+                .ignore();
+            let mut conn = self.conn();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        for outcome in futures::future::join_all(calls).await {
+            outcome?;
+        }
+        Ok(())
+    }
+
+    /// Tenants of index shard `shard` active since `since_ms`, by id; older
+    /// members are pruned on the way.
+    pub async fn active_tenants(
+        &self,
+        shard: u32,
+        since_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = active_key(shard);
+        let mut conn = self.conn();
+        let _pruned: i64 = redis::cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({since_ms}"))
+            .query_async(&mut conn)
+            .await?;
+        let mut members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(since_ms)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await?;
+        members.sort_unstable();
+        Ok(members)
+    }
+
     /// Rollups of a tenant from `start_ms` (inclusive) to `end_ms` (exclusive),
     /// hourly or daily; one entry per bucket that has usage.
     pub async fn history(
@@ -645,6 +710,28 @@ impl MeterStore {
             .map(|(start, fields)| (start, parse_rollup(fields)))
             .collect())
     }
+}
+
+/// Shards of the active-tenant index: enough that no index key is hot, few
+/// enough that a full listing is a handful of reads.
+pub const ACTIVE_SHARDS: u32 = 16;
+
+/// How long a tenant stays in the active index after its last event: the
+/// longest period figures are read for (a month) plus margin.
+pub const ACTIVE_FOR_MS: i64 = 35 * tenantmeter_domain::window::DAY_MS;
+
+/// The index shard of a tenant (FNV-1a of its id, stable across versions).
+pub fn active_shard(tenant: &TenantId, shards: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in tenant.as_str().bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % shards.max(1)
+}
+
+fn active_key(shard: u32) -> String {
+    format!("{{a:{shard}}}:tenants")
 }
 
 /// Granularity of stored rollups.
