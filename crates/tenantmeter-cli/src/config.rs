@@ -2,6 +2,7 @@
 //! service. `tenantmeter config` prints it with every layer applied.
 
 use serde::{Deserialize, Serialize};
+use tenantmeter_meter::MeterConfig;
 use tenantmeter_pricing::PricingConfig;
 use tenantmeter_runtime::config::{ConfigError, RedisConfig, TelemetryConfig, Validate};
 
@@ -20,6 +21,8 @@ pub(crate) struct Config {
     pub redis: RedisConfig,
     /// The pricing service.
     pub pricing: PricingConfig,
+    /// The meter.
+    pub meter: MeterConfig,
 }
 
 impl Validate for Config {
@@ -37,6 +40,7 @@ impl Validate for Config {
             .map_err(|e| e.within("telemetry"))?;
         self.redis.validate().map_err(|e| e.within("redis"))?;
         self.pricing.validate().map_err(|e| e.within("pricing"))?;
+        self.meter.validate().map_err(|e| e.within("meter"))?;
         Ok(())
     }
 }

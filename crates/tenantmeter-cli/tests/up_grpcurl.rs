@@ -15,6 +15,7 @@ const SONNET: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 struct Up {
     child: Child,
     addr: String,
+    meter: String,
 }
 
 fn free_port() -> u16 {
@@ -30,10 +31,11 @@ impl Up {
     /// reports SERVING).
     fn start(data_dir: &Path) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
+        let meter = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_tenantmeter"))
             .args(["up", "--data-dir"])
             .arg(data_dir)
-            .args(["--pricing-listen", &addr])
+            .args(["--pricing-listen", &addr, "--meter-listen", &meter])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("TENANTMETER_ADMIN_TOKEN")
             .stdout(Stdio::piped())
@@ -61,8 +63,9 @@ impl Up {
             }
         }
         assert!(banner.contains(&format!("pricing   {addr}")), "{banner}");
+        assert!(banner.contains(&format!("meter     {meter}")), "{banner}");
         assert!(banner.contains("grpcurl -plaintext"), "{banner}");
-        Self { child, addr }
+        Self { child, addr, meter }
     }
 
     /// SIGTERM, as an orchestrator would send; `up` must drain and exit 0.
@@ -103,10 +106,29 @@ impl Up {
     }
 
     fn call(&self, extra: &[&str], method: &str, body: &serde_json::Value) -> serde_json::Value {
+        self.call_at(&self.addr, extra, method, body)
+    }
+
+    fn call_at(
+        &self,
+        addr: &str,
+        extra: &[&str],
+        method: &str,
+        body: &serde_json::Value,
+    ) -> serde_json::Value {
         let body = body.to_string();
         let mut args: Vec<&str> = extra.to_vec();
-        args.extend(["-d", &body, &self.addr, method]);
+        args.extend(["-d", &body, addr, method]);
         serde_json::from_str(&self.grpcurl(&args)).unwrap()
+    }
+
+    fn meter(&self, method: &str, body: &serde_json::Value) -> serde_json::Value {
+        self.call_at(
+            &self.meter,
+            &[],
+            &format!("tenantmeter.v1.MeterService/{method}"),
+            body,
+        )
     }
 }
 
@@ -116,6 +138,19 @@ impl Drop for Up {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Civil date of a day index (Howard Hinnant's algorithm), for RFC 3339 text.
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[test]
@@ -156,6 +191,67 @@ fn quickstart_with_grpcurl() {
         &serde_json::json!({"assignments": [{"tenant_id": "acme", "plan_id": "pro"}]}),
     );
     let version = assigned["version"].as_str().unwrap().to_owned();
+
+    // The meter, through grpcurl as ops use it: record, replay, read, reserve, settle.
+    // The binary runs on the system clock, so events must be stamped with it.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Timestamps in proto JSON are RFC 3339 text.
+    let at = |secs: u64| {
+        let days = secs / 86_400;
+        let (y, m, d) = civil(i64::try_from(days).unwrap());
+        let rem = secs % 86_400;
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    };
+    let batch = serde_json::json!({"events": [
+        {"event_id": "q-1", "tenant_id": "acme", "model_id": "amazon.nova-micro-v1:0",
+         "usage": {"input_tokens": 1200, "output_tokens": 300}, "event_time": at(now)},
+        {"event_id": "q-2", "tenant_id": "acme", "model_id": SONNET,
+         "usage": {"input_tokens": 1000, "output_tokens": 100}, "event_time": at(now)}
+    ]});
+    let recorded = up.meter("RecordUsage", &batch);
+    assert_eq!(recorded["accepted"], 2, "{recorded}");
+    let replayed = up.meter("RecordUsage", &batch);
+    assert_eq!(replayed["duplicates"], 2, "{replayed}");
+    let usage = up.meter("GetUsage", &serde_json::json!({"tenant_id": "acme"}));
+    let minute = &usage["usage"]["windows"][0]["figures"];
+    assert_eq!(minute["requests"], "2", "{usage}");
+    // Nova Micro 1200 x $0.035/M + 300 x $0.14/M = 84,000 nano-USD;
+    // Sonnet 1000 x $3/M + 100 x $15/M = 4,500,000 nano-USD.
+    assert_eq!(minute["providerCostNanosUsd"], "4584000", "{usage}");
+    let reserved = up.meter(
+        "Reserve",
+        &serde_json::json!({"tenant_id": "acme", "model_id": SONNET, "estimated_input_tokens": 100, "max_output_tokens": 100}),
+    );
+    let reservation = reserved["admission"]["reservationId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let settled = up.meter(
+        "Settle",
+        &serde_json::json!({"reservation_id": reservation, "event": {"event_id": "q-3", "tenant_id": "acme",
+            "model_id": SONNET, "usage": {"input_tokens": 100, "output_tokens": 10}, "event_time": at(now)}}),
+    );
+    assert_eq!(settled["outcome"], "SETTLE_OUTCOME_SETTLED", "{settled}");
+    assert_eq!(settled["providerCostNanosUsd"], "450000");
+    let hour = now / 3600 * 3600;
+    let history = up.meter(
+        "GetUsageHistory",
+        &serde_json::json!({"tenant_id": "acme", "start_time": at(hour), "end_time": at(hour + 3600),
+            "granularity": "HISTORY_GRANULARITY_HOUR"}),
+    );
+    assert_eq!(
+        history["buckets"][0]["figures"]["requests"], "3",
+        "{history}"
+    );
     up.stop();
 
     // Started again on the same data directory: the private redis-server's AOF
