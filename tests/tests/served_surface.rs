@@ -1,7 +1,8 @@
 //! What every tenantmeter service must expose, checked on each service that
 //! exists: its gRPC services listed through reflection v1alpha (what grpcurl
 //! 1.8.6 speaks) and v1, health SERVING for each, and NOT_SERVING once shutdown
-//! begins. Each service runs in-process on port 0 against its own redis-server.
+//! begins. Each service runs in-process on port 0 against its own redis-server
+//! (the meter with the pricing service it follows).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failed unwrap is a failed test
 
@@ -146,6 +147,69 @@ async fn pricing_serves_health_and_reflection_and_reports_draining() {
     );
     drop(watch);
     tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("drained in time")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn meter_serves_health_and_reflection() {
+    let redis = RedisServer::start().await.unwrap();
+    let shutdown = Shutdown::new();
+    let pricing_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pricing_addr = pricing_listener.local_addr().unwrap();
+    let pricing = tokio::spawn(tenantmeter_pricing::run(
+        PricingConfig::default(),
+        PricingDeps {
+            redis_url: redis.url(),
+            admin_token: None,
+        },
+        pricing_listener,
+        shutdown.clone(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let meter = tokio::spawn(tenantmeter_meter::run(
+        tenantmeter_meter::MeterConfig {
+            pricing_url: format!("http://{pricing_addr}"),
+            ..Default::default()
+        },
+        tenantmeter_meter::MeterDeps {
+            redis_url: redis.url(),
+            clock: std::sync::Arc::new(tenantmeter_runtime::clock::SystemClock),
+        },
+        listener,
+        shutdown.clone(),
+    ));
+    let serving = ServingStatus::Serving as i32;
+    poll_until_ok(Duration::from_secs(30), || async {
+        match status(addr, "tenantmeter.v1.MeterService").await {
+            Ok(code) if code == serving => Ok(()),
+            Ok(code) => Err(format!("status {code}")),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        list_v1alpha(addr).await,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "tenantmeter.v1.MeterService",
+        ]
+    );
+    assert!(describe_v1(addr, "tenantmeter.v1.MeterService").await > 0);
+    shutdown.trigger();
+    let drained = Duration::from_secs(20);
+    tokio::time::timeout(drained, meter)
+        .await
+        .expect("drained in time")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(drained, pricing)
         .await
         .expect("drained in time")
         .unwrap()
