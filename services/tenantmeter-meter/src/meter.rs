@@ -976,11 +976,13 @@ pub fn month_cap_pico(plan: &Plan) -> i128 {
 
 /// A fresh reservation id: 128 random bits in hex.
 fn reservation_id() -> String {
+    static FALLBACK: AtomicU64 = AtomicU64::new(0);
     let mut bytes = [0u8; 16];
-    // getrandom only fails without an OS entropy source; a time-based id is
-    // then still unique enough for a lease that lasts minutes.
+    // getrandom fails only without an OS entropy source; then the process id
+    // and a counter still keep this replica's ids distinct.
     if getrandom::fill(&mut bytes).is_err() {
-        bytes[..8].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
+        bytes[..4].copy_from_slice(&std::process::id().to_le_bytes());
+        bytes[8..].copy_from_slice(&FALLBACK.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     }
     let mut id = String::with_capacity(34);
     id.push_str("r-");

@@ -118,3 +118,50 @@ async fn reservations_hold_capacity_until_settled_or_expired() {
             .unwrap()
     );
 }
+
+/// The record script computes day and month keys in Lua; the reads compute
+/// them in Rust. Both must agree on every date, month ends and leap days
+/// included.
+#[tokio::test]
+async fn lua_and_rust_agree_on_days_and_months() {
+    use tenantmeter_domain::window::{DAY_MS, days_from_civil};
+    let redis = RedisServer::start().await.unwrap();
+    let store = store(&redis).await;
+    let tenant = TenantId::parse("calendar").unwrap();
+    // Future dates only: rollups expire a retention after their period, so a
+    // past date would be gone as soon as it is written.
+    let dates = [
+        (2030, 12, 31),
+        (2031, 1, 1),
+        (2032, 2, 29),
+        (2032, 3, 1),
+        (2100, 2, 28),
+        (2100, 3, 1),
+        (2400, 2, 29),
+        (2400, 12, 31),
+    ];
+    for (n, (y, m, d)) in dates.into_iter().enumerate() {
+        // The last millisecond of the day: the most likely to land in the wrong period.
+        let at = (days_from_civil(y, m, d) + 1) * DAY_MS - 1;
+        let id = format!("cal-{n}");
+        assert_eq!(
+            store
+                .record(&tenant, &[event(&id, at, 7, 0)])
+                .await
+                .unwrap(),
+            [true]
+        );
+        let usage = store.usage(&tenant, at, false).await.unwrap();
+        assert_eq!(usage.day.total.tokens.input, 7, "{y}-{m}-{d}: day");
+        assert!(usage.month.total.requests >= 1, "{y}-{m}-{d}: month");
+        let month_sum: u64 = dates[..=n]
+            .iter()
+            .filter(|(yy, mm, _)| (*yy, *mm) == (y, m))
+            .map(|_| 7)
+            .sum();
+        assert_eq!(
+            usage.month.total.tokens.input, month_sum,
+            "{y}-{m}-{d}: month"
+        );
+    }
+}
