@@ -225,13 +225,22 @@ impl Meter {
                     .map(|t| (tenant, t))
             })
             .collect();
-        let (outcomes, touched) = tokio::join!(futures::future::join_all(calls), async {
-            if active.is_empty() {
-                Ok(())
-            } else {
-                self.store.touch_active(&active).await
-            }
-        });
+        // Both under redis_timeout, like every other write: without it a
+        // Redis that accepts connections but never answers held the call for
+        // the connection's connect timeout, retry and reply timeout on top.
+        let deadline = self.config.redis_timeout;
+        let (outcomes, touched) = tokio::join!(
+            tokio::time::timeout(deadline, futures::future::join_all(calls)),
+            tokio::time::timeout(deadline, async {
+                if active.is_empty() {
+                    Ok(())
+                } else {
+                    self.store.touch_active(&active).await
+                }
+            })
+        );
+        let outcomes = outcomes.map_err(|_| StoreError::Timeout(deadline))?;
+        let touched = touched.unwrap_or_else(|_| Err(StoreError::Timeout(deadline)));
         if let Err(error) = touched {
             tracing::warn!(%error, "could not update the active-tenant index");
         }
@@ -488,8 +497,11 @@ impl Meter {
                     None
                 ),
             ),
-            self.store.touch_active(&active)
+            // Under the same deadline: join! waits for both.
+            tokio::time::timeout(self.config.redis_timeout, self.store.touch_active(&active))
         );
+        let touched =
+            touched.unwrap_or_else(|_| Err(StoreError::Timeout(self.config.redis_timeout)));
         if let Err(error) = touched {
             tracing::warn!(%error, "could not update the active-tenant index");
         }

@@ -175,6 +175,16 @@ impl Stack {
         stack
     }
 
+    /// The meter's own redis-server, to shut down, kill or restart mid-test
+    /// (it keeps its port, so the meter's URL stays valid). Single backend only.
+    #[allow(clippy::panic)] // a test asking this of a cluster stack is a broken test
+    pub fn meter_redis(&mut self) -> &mut RedisServer {
+        match &mut self.backend {
+            Backend::Single(server) => server,
+            Backend::Cluster(_) => panic!("meter_redis: this stack runs on a Redis Cluster"),
+        }
+    }
+
     pub async fn meter(&self) -> MeterServiceClient<Channel> {
         MeterServiceClient::new(channel(self.meter_addr).await)
     }
