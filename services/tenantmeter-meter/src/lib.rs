@@ -32,6 +32,15 @@ use tokio::net::TcpListener;
 pub use crate::config::MeterConfig;
 use crate::store::{MeterStore, Retention, StoreError};
 
+/// Health service name under which the meter reports whether Redis answers,
+/// beside `tenantmeter.v1.MeterService` (which stays SERVING: Reserve still
+/// answers by its fail mode). `grpc.health.v1.Health/Check` with this name
+/// tells an SRE at once why Reserves fail open.
+pub const REDIS_HEALTH: &str = "tenantmeter.meter.redis";
+
+/// How often the Redis health is probed.
+const REDIS_PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// How long start-up waits for the first price book before serving anyway
 /// (events are then refused as UNAVAILABLE until it arrives).
 const PRICE_BOOK_WAIT: Duration = Duration::from_secs(10);
@@ -92,14 +101,54 @@ pub async fn run(
         Err(error) => tracing::warn!(%error, "serving without a price book until pricing answers"),
     }
 
+    let health = HealthHandle::new();
+    shutdown.spawn(watch_redis(
+        store.clone(),
+        health.clone(),
+        config.redis_timeout,
+        shutdown.clone(),
+    ));
     let meter = Arc::new(meter::Meter::new(store, prices, deps.clock, config.clone()));
     let services = Services::new().add_service(MeterServiceServer::new(api::MeterApi::new(meter)));
     serve(
         ServeOptions::new(listener, config.server()),
         services,
-        &HealthHandle::new(),
+        &health,
         shutdown,
     )
     .await?;
     Ok(())
+}
+
+/// Reports [`REDIS_HEALTH`] SERVING while Redis answers a PING within
+/// `timeout`, NOT_SERVING otherwise, until shutdown; logs each change.
+async fn watch_redis(
+    store: MeterStore,
+    health: HealthHandle,
+    timeout: Duration,
+    shutdown: Shutdown,
+) {
+    let mut up = None;
+    loop {
+        let answered = matches!(
+            tokio::time::timeout(timeout, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if up != Some(answered) {
+            if answered {
+                health.set_serving(REDIS_HEALTH).await;
+                tracing::info!("redis answers");
+            } else {
+                health.set_not_serving(REDIS_HEALTH).await;
+                tracing::warn!(
+                    "redis does not answer: Reserve falls back to its fail mode, writes answer UNAVAILABLE"
+                );
+            }
+            up = Some(answered);
+        }
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            () = tokio::time::sleep(REDIS_PROBE_EVERY) => {}
+        }
+    }
 }

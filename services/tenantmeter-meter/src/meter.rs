@@ -157,6 +157,17 @@ impl Meter {
         }
     }
 
+    /// Runs one Redis call under `redis_timeout`: past it the caller gets
+    /// UNAVAILABLE (the call may still take effect; every write is idempotent).
+    async fn within<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.config.redis_timeout, call)
+            .await
+            .map_err(|_| StoreError::Timeout(self.config.redis_timeout))?
+    }
+
     fn book(&self) -> Result<Arc<PriceBook>, MeterError> {
         self.prices.current().ok_or(MeterError::NoPriceBook)
     }
@@ -487,25 +498,20 @@ impl Meter {
             }
         })?;
         let active = [(&priced.tenant, priced.stored.time_ms)];
+        // Both under the deadline: join! waits for both.
         let (reply, touched) = tokio::join!(
-            tokio::time::timeout(
-                self.config.redis_timeout,
-                self.store.settle(
-                    &priced.tenant,
-                    &request.reservation_id,
-                    &priced.stored,
-                    None
-                ),
-            ),
-            // Under the same deadline: join! waits for both.
-            tokio::time::timeout(self.config.redis_timeout, self.store.touch_active(&active))
+            self.within(self.store.settle(
+                &priced.tenant,
+                &request.reservation_id,
+                &priced.stored,
+                None
+            )),
+            self.within(self.store.touch_active(&active))
         );
-        let touched =
-            touched.unwrap_or_else(|_| Err(StoreError::Timeout(self.config.redis_timeout)));
         if let Err(error) = touched {
             tracing::warn!(%error, "could not update the active-tenant index");
         }
-        let reply = reply.map_err(|_| StoreError::Timeout(self.config.redis_timeout))??;
+        let reply = reply?;
         let outcome = match (reply.counted, reply.released) {
             (false, _) => pb::SettleOutcome::Duplicate,
             (true, true) => pb::SettleOutcome::Settled,
@@ -540,12 +546,9 @@ impl Meter {
         let tenant = tenant(&request.tenant_id, "tenant_id")?;
         events::validate_event_id(&request.reservation_id)
             .map_err(|e| MeterError::invalid("reservation_id", e))?;
-        let released = tokio::time::timeout(
-            self.config.redis_timeout,
-            self.store.release(&tenant, &request.reservation_id, None),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.config.redis_timeout))??;
+        let released = self
+            .within(self.store.release(&tenant, &request.reservation_id, None))
+            .await?;
         Ok(pb::ReleaseResponse { released })
     }
 
@@ -569,12 +572,9 @@ impl Meter {
         as_of: i64,
         include_models: bool,
     ) -> Result<pb::TenantUsage, MeterError> {
-        let snapshot: UsageSnapshot = tokio::time::timeout(
-            self.config.redis_timeout,
-            self.store.usage(tenant, as_of, include_models),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.config.redis_timeout))??;
+        let snapshot: UsageSnapshot = self
+            .within(self.store.usage(tenant, as_of, include_models))
+            .await?;
         let book = self.prices.current();
         let plan = book
             .as_ref()
@@ -682,7 +682,9 @@ impl Meter {
         let mut page: Vec<TenantId> = Vec::new();
         let mut next = None;
         'shards: while index_shard < crate::store::ACTIVE_SHARDS {
-            let members = self.store.active_tenants(index_shard, since).await?;
+            let members = self
+                .within(self.store.active_tenants(index_shard, since))
+                .await?;
             for member in members {
                 if after.as_ref().is_some_and(|a| {
                     index_shard == crate::paging::after_shard(&request.page_token)
@@ -733,13 +735,12 @@ impl Meter {
         let mut models: BTreeMap<String, (Vec<Figures>, Figures, Figures)> = BTreeMap::new();
         let mut active = 0i64;
         for shard in 0..crate::store::ACTIVE_SHARDS {
-            for member in self.store.active_tenants(shard, since).await? {
+            for member in self.within(self.store.active_tenants(shard, since)).await? {
                 let Ok(tenant) = TenantId::parse(member) else {
                     continue;
                 };
                 let snapshot = self
-                    .store
-                    .usage(&tenant, as_of, request.include_models)
+                    .within(self.store.usage(&tenant, as_of, request.include_models))
                     .await?;
                 active += 1;
                 for (sum, f) in windows.iter_mut().zip(&snapshot.windows) {
@@ -857,13 +858,12 @@ impl Meter {
             .transpose()?;
         let now = now_ms(self.clock.as_ref());
         let retained_since = (now - duration_ms(retention)).div_euclid(step) * step;
-        let rollups = tokio::time::timeout(
-            self.config.redis_timeout,
-            self.store
-                .history(&tenant, period, start.max(retained_since), end),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.config.redis_timeout))??;
+        let rollups = self
+            .within(
+                self.store
+                    .history(&tenant, period, start.max(retained_since), end),
+            )
+            .await?;
         let mut buckets = Vec::new();
         for (bucket_start, rollup) in rollups {
             let bucket = |model_id: String, f: &Figures| pb::UsageBucket {
@@ -922,13 +922,12 @@ impl Meter {
                     Err(message) => return Ok(rejected(format!("policies[{index}].{message}"))),
                 };
                 let applied = self
-                    .store
-                    .apply_policy(
+                    .within(self.store.apply_policy(
                         &stored.tenant,
                         stored.decided_ms,
                         stored.expires_ms,
                         &stored.fields,
-                    )
+                    ))
                     .await?;
                 Ok::<_, MeterError>(pb::PolicyResult {
                     tenant_id: policy.tenant_id.clone(),
@@ -955,7 +954,7 @@ impl Meter {
         request: pb::GetPolicyRequest,
     ) -> Result<pb::GetPolicyResponse, MeterError> {
         let tenant = tenant(&request.tenant_id, "tenant_id")?;
-        let stored = self.store.policy(&tenant).await?;
+        let stored = self.within(self.store.policy(&tenant)).await?;
         let policy = stored
             .and_then(|bytes| <pb::TenantPolicy as prost::Message>::decode(bytes.as_slice()).ok());
         let now = now_ms(self.clock.as_ref());

@@ -383,6 +383,12 @@ impl MeterStore {
         self.conn.clone()
     }
 
+    /// Whether Redis answers (PING; on a cluster, the node it routes to).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _pong: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     /// Counts one tenant's events, each at most once; `true` where counted now.
     pub async fn record(
         &self,

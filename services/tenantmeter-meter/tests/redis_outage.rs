@@ -26,6 +26,7 @@ use tenantmeter_testkit::poll_until_ok;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 type Meter = MeterServiceClient<Channel>;
 
@@ -311,6 +312,36 @@ async fn a_restart_mid_run_keeps_exact_figures() {
     stack.stop().await;
 }
 
+/// Waits until the meter's Redis health reports `want`.
+async fn redis_health(stack: &Stack, want: ServingStatus) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stack.meter_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    poll_until_ok(Duration::from_secs(10), || {
+        let mut health = HealthClient::new(channel.clone());
+        async move {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: tenantmeter_meter::REDIS_HEALTH.into(),
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .status;
+            if status == want as i32 {
+                Ok(())
+            } else {
+                Err(format!("status {status}"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn redis_down_reserve_fails_open_fast_and_writes_report_unavailable() {
     // The defaults: fail open, reserve_timeout 50 ms, redis_timeout 2 s.
@@ -346,6 +377,8 @@ async fn redis_down_reserve_fails_open_fast_and_writes_report_unavailable() {
         assert!(took < RESERVE_BOUND, "Reserve took {took:?}");
         eprintln!("Reserve failed open in {took:?}");
     }
+    // Health says why: the meter serves, its Redis does not answer.
+    redis_health(&stack, ServingStatus::NotServing).await;
     let writes = Duration::from_secs(5); // redis_timeout (2 s) and margin
     let (reply, took) = timed("RecordUsage", meter.record_usage(request(&events))).await;
     assert_unavailable("RecordUsage", reply, took, writes);
@@ -365,6 +398,7 @@ async fn redis_down_reserve_fails_open_fast_and_writes_report_unavailable() {
 
     let down = Instant::now();
     stack.meter_redis().start_again().await.unwrap();
+    redis_health(&stack, ServingStatus::Serving).await;
     let admitted = until_really_admitted(&meter).await;
     eprintln!(
         "the meter admitted with a real reservation {:?} after redis was started again",
