@@ -108,7 +108,13 @@ pub async fn run(
         config.redis_timeout,
         shutdown.clone(),
     ));
-    let meter = Arc::new(meter::Meter::new(store, prices, deps.clock, config.clone()));
+    let meter = Arc::new(meter::Meter::new(
+        shutdown.tasks().clone(),
+        store,
+        prices,
+        deps.clock,
+        config.clone(),
+    ));
     let services = Services::new().add_service(MeterServiceServer::new(api::MeterApi::new(meter)));
     serve(
         ServeOptions::new(listener, config.server()),

@@ -14,6 +14,7 @@ use tenantmeter_domain::window::{CalendarPeriod, DAY_MS, HOUR_MS, Window};
 use tenantmeter_pricing::follower::PriceBookFollower;
 use tenantmeter_proto::v1 as pb;
 use tenantmeter_runtime::clock::Clock;
+use tenantmeter_runtime::shutdown::TaskTracker;
 
 use crate::config::{FailMode, MeterConfig};
 use crate::error::MeterError;
@@ -40,6 +41,8 @@ pub struct MeterStats {
 #[derive(Debug)]
 pub struct Meter {
     store: MeterStore,
+    /// Background clean-ups, waited for at shutdown.
+    tasks: TaskTracker,
     prices: PriceBookFollower,
     clock: Arc<dyn Clock>,
     config: MeterConfig,
@@ -143,12 +146,14 @@ fn period_usage(
 impl Meter {
     /// A meter over `store`, pricing with `prices`, on `clock`.
     pub fn new(
+        tasks: TaskTracker,
         store: MeterStore,
         prices: PriceBookFollower,
         clock: Arc<dyn Clock>,
         config: MeterConfig,
     ) -> Self {
         Self {
+            tasks,
             store,
             prices,
             clock,
@@ -364,6 +369,7 @@ impl Meter {
             Ok(Ok(reply)) => reply,
             Ok(Err(error)) => return Ok(self.fail(&model, &error.to_string())),
             Err(_) => {
+                self.release_in_background(tenant, args.reservation_id);
                 return Ok(self.fail(
                     &model,
                     &StoreError::Timeout(self.config.reserve_timeout).to_string(),
@@ -432,6 +438,23 @@ impl Meter {
             outcome: Some(outcome),
             level: level(reply.level).into(),
         })
+    }
+
+    /// A Reserve that timed out may still run in Redis and hold tokens nobody
+    /// will settle until its lease ends. The id was chosen here, so release it:
+    /// sent after the reserve on the same connection, it runs after it, and a
+    /// release of a reservation that never happened changes nothing.
+    fn release_in_background(&self, tenant: TenantId, reservation_id: String) {
+        let store = self.store.clone();
+        let deadline = self.config.redis_timeout;
+        self.tasks.spawn(async move {
+            match tokio::time::timeout(deadline, store.release(&tenant, &reservation_id, None)).await {
+                Ok(Ok(true)) => tracing::info!(%tenant, "released a reservation whose Reserve timed out"),
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => tracing::warn!(%tenant, %error, "could not release a timed-out reservation; its lease will"),
+                Err(_) => tracing::warn!(%tenant, "could not release a timed-out reservation in time; its lease will"),
+            }
+        });
     }
 
     /// The configured answer when Redis failed or was too slow.
