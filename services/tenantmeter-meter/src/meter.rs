@@ -25,6 +25,8 @@ use crate::store::{
 
 /// Most events per RecordUsage and policies per ApplyPolicies.
 pub const MAX_BATCH: usize = 1_000;
+/// Most events of one tenant counted by one script call (see `record_usage`).
+const RECORD_CHUNK: usize = 32;
 /// Most buckets one history request may return.
 pub const MAX_HISTORY_BUCKETS: i64 = 10_000;
 
@@ -227,9 +229,16 @@ impl Meter {
                 }
             }
         }
-        let calls = by_tenant.iter().map(|(tenant, events)| async move {
-            let stored: Vec<_> = events.iter().map(|(_, e)| e.stored.clone()).collect();
-            (tenant, self.store.record(tenant, &stored).await)
+        // A tenant's events go in script calls of at most RECORD_CHUNK: one
+        // call of hundreds of events would hold Redis for a few hundred ms,
+        // and every Reserve queued behind it would time out and fail open.
+        // The calls share the multiplexed connection, so they still travel
+        // together.
+        let calls = by_tenant.iter().flat_map(|(tenant, events)| {
+            events.chunks(RECORD_CHUNK).map(move |chunk| async move {
+                let stored: Vec<_> = chunk.iter().map(|(_, e)| e.stored.clone()).collect();
+                (chunk, self.store.record(tenant, &stored).await)
+            })
         });
         let active: Vec<(&TenantId, i64)> = by_tenant
             .iter()
@@ -261,10 +270,10 @@ impl Meter {
             tracing::warn!(%error, "could not update the active-tenant index");
         }
         let mut failure = None;
-        for (tenant, outcome) in outcomes {
+        for (chunk, outcome) in outcomes {
             match outcome {
                 Ok(counted) => {
-                    for ((index, priced), counted) in by_tenant[tenant].iter().zip(counted) {
+                    for ((index, priced), counted) in chunk.iter().zip(counted) {
                         let result = &mut results[*index];
                         if counted {
                             result.status = pb::UsageEventStatus::Accepted.into();

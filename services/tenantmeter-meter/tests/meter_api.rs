@@ -31,7 +31,51 @@ on_both_backends!(
     leases_expire_and_free_their_capacity,
     policies_tighten_and_stale_ones_are_ignored,
     history_and_listing,
+    a_large_batch_of_one_tenant_counts_every_event_once,
 );
+
+async fn a_large_batch_of_one_tenant_counts_every_event_once(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let mut meter = stack.meter().await;
+    let now = now_ms();
+    // More events of one tenant than one script call takes: they are split
+    // into several calls, and each event is still counted exactly once.
+    let batch = pb::RecordUsageRequest {
+        events: (0..1000)
+            .map(|i| event(&format!("big-{i}"), "acme", MICRO, now - i, 10, 1))
+            .collect(),
+    };
+    let first = meter
+        .record_usage(batch.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.accepted, 1000);
+    assert!(
+        first
+            .results
+            .iter()
+            .all(|r| r.status == i32::from(pb::UsageEventStatus::Accepted))
+    );
+    let replay = meter.record_usage(batch).await.unwrap().into_inner();
+    assert_eq!(replay.duplicates, 1000);
+    let usage = meter
+        .get_usage(pb::GetUsageRequest {
+            tenant_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .usage
+        .unwrap();
+    let minute = window(&usage, pb::UsageWindow::OneMinute);
+    assert_eq!(
+        (minute.requests, minute.tokens.unwrap().input_tokens),
+        (1000, 10_000)
+    );
+    stack.stop().await;
+}
 
 async fn figures_add_up_and_a_replayed_batch_changes_nothing(backend: Backend) {
     let stack = Stack::start(backend).await;
