@@ -6,8 +6,9 @@ use tenantmeter_domain::ids::{ModelId, TenantId};
 use tenantmeter_domain::money::{AttoUsd, round_half_even};
 use tenantmeter_domain::pricebook::{Offering, PriceBook, PriceScope};
 use tenantmeter_domain::quote::{QuoteError, QuoteLine, price_line};
-use tenantmeter_domain::usage::{TokenKind, TokenUsage};
 use tenantmeter_domain::window::{EventTimeError, check_event_time};
+use tenantmeter_pricing::convert;
+use tenantmeter_pricing::error::PricingError;
 use tenantmeter_proto::v1 as pb;
 
 use crate::store::StoredEvent;
@@ -69,30 +70,6 @@ pub fn validate_event_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// Token counts from the contract; a negative count names its field.
-pub fn usage_from_proto(
-    usage: Option<&pb::TokenUsage>,
-    field: &str,
-) -> Result<TokenUsage, (String, String)> {
-    let mut out = TokenUsage::default();
-    let Some(usage) = usage else { return Ok(out) };
-    for (kind, value) in TokenKind::ALL.into_iter().zip([
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_read_input_tokens,
-        usage.cache_write_input_tokens,
-    ]) {
-        let count = u64::try_from(value).map_err(|_| {
-            (
-                format!("{field}.{}", kind.field_name()),
-                format!("must not be negative (got {value})"),
-            )
-        })?;
-        out.set(kind, count);
-    }
-    Ok(out)
-}
-
 /// Milliseconds since the epoch of a timestamp.
 pub fn timestamp_ms(t: &prost_types::Timestamp) -> i64 {
     t.seconds
@@ -136,8 +113,13 @@ pub fn price_event(
         TenantId::parse(event.tenant_id.clone()).map_err(|e| Rejection::invalid("tenant_id", e))?;
     let model =
         ModelId::parse(event.model_id.clone()).map_err(|e| Rejection::invalid("model_id", e))?;
-    let usage = usage_from_proto(event.usage.as_ref(), "usage")
-        .map_err(|(field, e)| Rejection::invalid(&field, e))?;
+    let usage =
+        convert::usage_from_proto(event.usage.as_ref(), "usage").map_err(|error| match error {
+            PricingError::InvalidArgument { field, reason } => Rejection::invalid(&field, reason),
+            other @ (PricingError::NotFound { .. }
+            | PricingError::Store(_)
+            | PricingError::Contended) => Rejection::invalid("usage", other),
+        })?;
     if event.latency_ms < 0 {
         return Err(Rejection::invalid("latency_ms", "must not be negative"));
     }

@@ -187,7 +187,7 @@ impl Meter {
         }
     }
 
-    /// Records a batch: one script call per tenant, all tenants concurrently.
+    /// Records a batch: script calls per tenant (at most 32 events each), all at once.
     pub async fn record_usage(
         &self,
         request: pb::RecordUsageRequest,

@@ -74,23 +74,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The pure computation, on the shipped price book.
     let seed = load_seed(&PricingConfig::default())?;
-    let mut book = tenantmeter_domain::pricebook::PriceBook {
-        version: 1,
-        updated_at: std::time::UNIX_EPOCH,
-        prices_as_of: seed.prices.as_of.clone(),
-        prices_source: String::new(),
-        default_region: seed.prices.default_region.clone(),
-        default_plan: seed.plans.default_plan.clone(),
-        prices: Default::default(),
-        plans: Default::default(),
-        assignments: Default::default(),
-    };
-    for price in seed.prices.prices {
-        book.prices.insert(price.key.clone(), price);
-    }
-    for plan in seed.plans.plans {
-        book.plans.insert(plan.id.clone(), plan);
-    }
+    let book = seed.apply_to(None);
     let model = tenantmeter_domain::ids::ModelId::parse(SONNET)?;
     let line = |usage| QuoteLine {
         model_id: model.clone(),

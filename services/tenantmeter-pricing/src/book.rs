@@ -38,6 +38,35 @@ pub struct Seed {
     pub digest: String,
 }
 
+impl Seed {
+    /// The book this seed makes on top of `base` (prices and plans upserted,
+    /// meta replaced), or alone at version 0; not committed anywhere.
+    pub fn apply_to(&self, base: Option<PriceBook>) -> PriceBook {
+        let mut book = base.unwrap_or_else(|| PriceBook {
+            version: 0,
+            updated_at: std::time::UNIX_EPOCH,
+            prices_as_of: String::new(),
+            prices_source: String::new(),
+            default_region: String::new(),
+            default_plan: self.plans.default_plan.clone(),
+            prices: Default::default(),
+            plans: Default::default(),
+            assignments: Default::default(),
+        });
+        book.prices_as_of.clone_from(&self.prices.as_of);
+        book.prices_source.clone_from(&self.prices.source);
+        book.default_region.clone_from(&self.prices.default_region);
+        book.default_plan = self.plans.default_plan.clone();
+        for price in &self.prices.prices {
+            book.prices.insert(price.key.clone(), price.clone());
+        }
+        for plan in &self.plans.plans {
+            book.plans.insert(plan.id.clone(), plan.clone());
+        }
+        book
+    }
+}
+
 /// A committed change, as sent to watchers.
 pub type Broadcast = Arc<pb::WatchPriceBookResponse>;
 
@@ -187,27 +216,7 @@ impl PriceBookState {
     ) -> Result<PriceBook, PricingError> {
         for _ in 0..COMMIT_ATTEMPTS {
             let expected = base.as_ref().map_or(0, |b| b.version);
-            let mut book = base.clone().unwrap_or_else(|| PriceBook {
-                version: 0,
-                updated_at: std::time::UNIX_EPOCH,
-                prices_as_of: String::new(),
-                prices_source: String::new(),
-                default_region: String::new(),
-                default_plan: seed.plans.default_plan.clone(),
-                prices: Default::default(),
-                plans: Default::default(),
-                assignments: Default::default(),
-            });
-            book.prices_as_of.clone_from(&seed.prices.as_of);
-            book.prices_source.clone_from(&seed.prices.source);
-            book.default_region.clone_from(&seed.prices.default_region);
-            book.default_plan = seed.plans.default_plan.clone();
-            for price in &seed.prices.prices {
-                book.prices.insert(price.key.clone(), price.clone());
-            }
-            for plan in &seed.plans.plans {
-                book.plans.insert(plan.id.clone(), plan.clone());
-            }
+            let mut book = seed.apply_to(base.clone());
             let writes = whole_book_writes(&book, &seed.digest);
             let message = whole_book_message();
             match store.commit(expected, 0, &message, &writes).await? {

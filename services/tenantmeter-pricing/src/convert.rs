@@ -492,26 +492,11 @@ mod tests {
     /// The shipped files as a book, with one assignment.
     fn shipped_book() -> PriceBook {
         let seed = crate::load_seed(&crate::PricingConfig::default()).unwrap();
-        let mut book = PriceBook {
-            version: 7,
-            updated_at: UNIX_EPOCH + Duration::from_millis(1_790_000_000_123),
-            prices_as_of: seed.prices.as_of,
-            prices_source: seed.prices.source,
-            default_region: seed.prices.default_region,
-            default_plan: seed.plans.default_plan,
-            prices: seed
-                .prices
-                .prices
-                .into_iter()
-                .map(|p| (p.key.clone(), p))
-                .collect(),
-            plans: seed
-                .plans
-                .plans
-                .into_iter()
-                .map(|p| (p.id.clone(), p))
-                .collect(),
-            assignments: BTreeMap::new(),
+        let mut book = {
+            let mut book = seed.apply_to(None);
+            book.version = 7;
+            book.updated_at = UNIX_EPOCH + Duration::from_millis(1_790_000_000_123);
+            book
         };
         let plan = book.plans.keys().next().unwrap().clone();
         book.assignments

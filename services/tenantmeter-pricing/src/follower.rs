@@ -314,7 +314,6 @@ fn absorb(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::time::UNIX_EPOCH;
 
     use tenantmeter_domain::ids::TenantId;
@@ -323,26 +322,11 @@ mod tests {
 
     fn seeded() -> PriceBook {
         let seed = crate::load_seed(&crate::PricingConfig::default()).unwrap();
-        PriceBook {
-            version: 3,
-            updated_at: UNIX_EPOCH + Duration::from_secs(1_790_000_000),
-            prices_as_of: seed.prices.as_of,
-            prices_source: seed.prices.source,
-            default_region: seed.prices.default_region,
-            default_plan: seed.plans.default_plan,
-            prices: seed
-                .prices
-                .prices
-                .into_iter()
-                .map(|p| (p.key.clone(), p))
-                .collect(),
-            plans: seed
-                .plans
-                .plans
-                .into_iter()
-                .map(|p| (p.id.clone(), p))
-                .collect(),
-            assignments: BTreeMap::new(),
+        {
+            let mut book = seed.apply_to(None);
+            book.version = 3;
+            book.updated_at = UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+            book
         }
     }
 

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed unwrap is a failed test
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -434,27 +434,7 @@ impl PricingService for Scripted {
 async fn a_skipped_version_makes_the_follower_fetch_the_whole_book_again() {
     // A real book to script with: the shipped seed.
     let seed = tenantmeter_pricing::load_seed(&PricingConfig::default()).unwrap();
-    let seeded = tenantmeter_pricing::convert::book_to_proto(&PriceBook {
-        version: 0,
-        updated_at: std::time::UNIX_EPOCH,
-        prices_as_of: seed.prices.as_of,
-        prices_source: seed.prices.source,
-        default_region: seed.prices.default_region,
-        default_plan: seed.plans.default_plan,
-        prices: seed
-            .prices
-            .prices
-            .into_iter()
-            .map(|p| (p.key.clone(), p))
-            .collect(),
-        plans: seed
-            .plans
-            .plans
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect(),
-        assignments: BTreeMap::new(),
-    });
+    let seeded = tenantmeter_pricing::convert::book_to_proto(&seed.apply_to(None));
     let whole = |version: u64| pb::WatchPriceBookResponse {
         version,
         update: Some(pb::watch_price_book_response::Update::Snapshot(
