@@ -32,6 +32,7 @@ pub struct RedisClusterBuilder {
     masters: usize,
     node_timeout: Duration,
     ready_timeout: Duration,
+    aof: bool,
 }
 
 impl Default for RedisClusterBuilder {
@@ -40,6 +41,7 @@ impl Default for RedisClusterBuilder {
             masters: MIN_MASTERS,
             node_timeout: DEFAULT_NODE_TIMEOUT,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            aof: false,
         }
     }
 }
@@ -61,10 +63,22 @@ impl RedisClusterBuilder {
     }
 
     /// How long `redis-cli --cluster create` plus the wait for every node to
-    /// report `cluster_state:ok` may take together (default 30 s).
+    /// report `cluster_state:ok` may take together (default 30 s). Also the
+    /// bound on the wait for the cluster to be healthy again after
+    /// [`RedisCluster::restart_node`].
     #[must_use]
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
+        self
+    }
+
+    /// Turns on the append-only file on every node (`--appendonly yes
+    /// --appendfsync everysec`, as [`crate::RedisServerBuilder::aof`]), so a
+    /// node's keys survive [`RedisCluster::restart_node`]. Off by default:
+    /// without it a restarted node comes back with its slots but no keys.
+    #[must_use]
+    pub fn aof(mut self, enabled: bool) -> Self {
+        self.aof = enabled;
         self
     }
 
@@ -87,13 +101,17 @@ impl RedisClusterBuilder {
         for _ in 0..self.masters {
             let node = RedisServer::builder()
                 .cluster_node(self.node_timeout)
+                .aof(self.aof)
                 .start()
                 .await
                 .context("starting a Redis Cluster node")?;
             nodes.push(node);
         }
         // If anything below fails, dropping `cluster` kills the nodes.
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            ready_timeout: self.ready_timeout,
+        };
         tokio::time::timeout(self.ready_timeout, cluster.create())
             .await
             .map_err(|_elapsed| {
@@ -113,6 +131,8 @@ impl RedisClusterBuilder {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// From the builder: bounds the wait for health after a node restart.
+    ready_timeout: Duration,
 }
 
 impl RedisCluster {
@@ -126,7 +146,7 @@ impl RedisCluster {
         Self::builder().start().await
     }
 
-    /// Options for a cluster: number of masters, timeouts.
+    /// Options for a cluster: number of masters, timeouts, AOF.
     pub fn builder() -> RedisClusterBuilder {
         RedisClusterBuilder::default()
     }
@@ -151,6 +171,39 @@ impl RedisCluster {
     pub fn client(&self) -> anyhow::Result<redis::cluster::ClusterClient> {
         redis::cluster::ClusterClient::new(self.urls())
             .context("building a cluster client for the test cluster")
+    }
+
+    /// Restarts node `index` (as in [`RedisCluster::nodes`]) gracefully, as
+    /// [`RedisServer::restart`] does: `SHUTDOWN` (which flushes the AOF and
+    /// `nodes.conf`), then a new `redis-server` on the same port, bus port
+    /// and data directory, so the node rejoins with its identity and slots.
+    /// Its keys survive only with [`RedisClusterBuilder::aof`]. Clients see
+    /// that node's connections dropped, and `CLUSTERDOWN` from every node
+    /// while it is away.
+    ///
+    /// Returns once every node reports `cluster_state:ok` again, all slots
+    /// served and every node known, polling for at most the builder's ready
+    /// timeout. A restarted master itself stays in `cluster_state:fail` for
+    /// about two seconds after startup (Redis's rejoin delay), so expect
+    /// this to take at least that long.
+    ///
+    /// # Errors
+    ///
+    /// When `index` is out of range, when the node cannot be shut down or
+    /// started again (see [`RedisServer::restart`]), or when the cluster is
+    /// not healthy within the ready timeout.
+    pub async fn restart_node(&mut self, index: usize) -> anyhow::Result<()> {
+        let count = self.nodes.len();
+        let node = self.nodes.get_mut(index).with_context(|| {
+            format!("restart_node({index}): the cluster has only {count} nodes")
+        })?;
+        let port = node.port();
+        node.restart()
+            .await
+            .with_context(|| format!("restarting the cluster node on port {port}"))?;
+        self.wait_healthy(self.ready_timeout)
+            .await
+            .with_context(|| format!("after restarting the cluster node on port {port}"))
     }
 
     /// Kills every node and waits for them to exit. Dropping the value does

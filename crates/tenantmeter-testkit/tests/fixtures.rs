@@ -201,6 +201,39 @@ async fn cluster_serves_hash_tagged_keys() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_cluster_with_aof_keeps_its_keys_across_node_restarts() -> anyhow::Result<()> {
+    let mut cluster = RedisCluster::builder().aof(true).start().await?;
+    let ports: Vec<u16> = cluster.nodes().iter().map(RedisServer::port).collect();
+    let keys: Vec<String> = (0..30).map(|i| format!("{{t:{i}}}k")).collect();
+    {
+        let mut conn = cluster.client()?.get_async_connection().await?;
+        for key in &keys {
+            set(&mut conn, key, key).await?;
+        }
+    }
+    for index in 0..ports.len() {
+        cluster.restart_node(index).await?;
+    }
+    let after: Vec<u16> = cluster.nodes().iter().map(RedisServer::port).collect();
+    assert_eq!(after, ports, "a restarted node must keep its port");
+
+    // Healthy on return: a fresh client is served at once, by every master.
+    let mut conn = cluster.client()?.get_async_connection().await?;
+    for key in &keys {
+        assert_eq!(get(&mut conn, key).await?.as_deref(), Some(key.as_str()));
+    }
+    for node in cluster.nodes() {
+        let keys_here: i64 = redis::cmd("DBSIZE")
+            .query_async(&mut connect(node).await?)
+            .await?;
+        assert!(keys_here > 0, "node on port {} holds no keys", node.port());
+    }
+    let error = cluster.restart_node(3).await.unwrap_err();
+    assert!(error.to_string().contains("only 3 nodes"), "{error:#}");
+    cluster.stop().await
+}
+
+#[tokio::test]
 async fn a_cluster_needs_three_masters() {
     let error = RedisCluster::builder()
         .masters(2)

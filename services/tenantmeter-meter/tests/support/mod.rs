@@ -46,6 +46,12 @@ impl Backend {
         Self::Cluster(RedisCluster::start().await.unwrap())
     }
 
+    /// A three-master cluster whose nodes keep an AOF, so its keys survive
+    /// [`RedisCluster::restart_node`].
+    pub async fn cluster_with_aof() -> Self {
+        Self::Cluster(RedisCluster::builder().aof(true).start().await.unwrap())
+    }
+
     fn url(&self) -> (String, bool) {
         match self {
             Self::Single(server) => (server.url(), false),
@@ -182,6 +188,16 @@ impl Stack {
         match &mut self.backend {
             Backend::Single(server) => server,
             Backend::Cluster(_) => panic!("meter_redis: this stack runs on a Redis Cluster"),
+        }
+    }
+
+    /// The meter's Redis Cluster, to restart a node mid-test (nodes keep
+    /// their ports, so the meter's seed URLs stay valid). Cluster backend only.
+    #[allow(clippy::panic)] // a test asking this of a single-server stack is a broken test
+    pub fn meter_cluster(&mut self) -> &mut RedisCluster {
+        match &mut self.backend {
+            Backend::Cluster(cluster) => cluster,
+            Backend::Single(_) => panic!("meter_cluster: this stack runs on one redis-server"),
         }
     }
 

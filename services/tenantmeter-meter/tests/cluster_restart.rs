@@ -1,0 +1,293 @@
+//! The meter through gRPC when a Redis Cluster master restarts mid-run
+//! (issue 3, "Redis restart mid-run", item 9: on a single server *and* on a
+//! cluster; the single-server test is in `redis_outage.rs`).
+//!
+//! Three masters with AOF on (`appendfsync everysec`); thirty tenants, so the
+//! meter's keys land on every master. Each master in turn is restarted
+//! gracefully (same port, data directory and `nodes.conf`); after each, the
+//! meter must reconnect and refresh its slot map on its own, keep every
+//! dedupe mark, accept new events, and report exactly what it accepted.
+//! Waits are polls with deadlines, never fixed sleeps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failed unwrap is a failed test
+#![allow(clippy::print_stderr)] // timings are printed for `--nocapture` runs
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use support::{Backend, MICRO, SONNET, Stack, event, now_ms, window};
+use tenantmeter_proto::v1 as pb;
+use tenantmeter_proto::v1::meter_service_client::MeterServiceClient;
+use tenantmeter_testkit::poll_until_ok;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+type Meter = MeterServiceClient<Channel>;
+
+/// Enough tenants that their keys spread over all three masters (checked).
+const TENANT_COUNT: usize = 30;
+
+/// Events per tenant in each batch.
+const PER_TENANT: i64 = 3;
+
+/// Upper bound on any single call: a call still running after this is a
+/// hang, and fails the test with a message instead of stalling it.
+const HANG: Duration = Duration::from_secs(30);
+
+/// How long the meter gets to answer again once the cluster is healthy:
+/// generous, for slot refreshes and reconnects on a loaded two-core machine.
+const RECONNECT: Duration = Duration::from_secs(60);
+
+fn tenants() -> Vec<String> {
+    (0..TENANT_COUNT)
+        .map(|i| format!("tenant-{i:02}"))
+        .collect()
+}
+
+/// Runs `call`, failing the test if it does not finish within [`HANG`];
+/// returns its output and how long it took.
+async fn timed<T>(what: &str, call: impl Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let output = tokio::time::timeout(HANG, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung for more than {HANG:?}"));
+    (output, started.elapsed())
+}
+
+/// [`PER_TENANT`] events per tenant, `prefix`-named, at `at_ms` give or take
+/// a second, alternating models, each with different token counts.
+fn batch(prefix: &str, at_ms: i64) -> Vec<pb::UsageEvent> {
+    tenants()
+        .iter()
+        .flat_map(|tenant| {
+            (0..PER_TENANT).map(move |i| {
+                let model = if i % 2 == 0 { SONNET } else { MICRO };
+                event(
+                    &format!("{prefix}-{tenant}-{i}"),
+                    tenant,
+                    model,
+                    at_ms - i * 37,
+                    1_000 + i * 7,
+                    100 + i * 3,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Records `events`; panics unless the meter answers OK with no rejections.
+async fn record(meter: &mut Meter, events: &[pb::UsageEvent]) -> pb::RecordUsageResponse {
+    let request = pb::RecordUsageRequest {
+        events: events.to_vec(),
+    };
+    let (reply, took) = timed("RecordUsage", meter.record_usage(request)).await;
+    let reply = reply.unwrap().into_inner();
+    eprintln!(
+        "RecordUsage of {} events: {} accepted, {} duplicates in {took:?}",
+        events.len(),
+        reply.accepted,
+        reply.duplicates
+    );
+    assert_eq!(reply.rejected, 0, "{reply:?}");
+    reply
+}
+
+/// What GetUsage reports of a tenant's rolling hour (checked equal to its
+/// rolling day: every event here is seconds old).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Totals {
+    requests: i64,
+    input: i64,
+    output: i64,
+    cost_nanos: i64,
+}
+
+impl Totals {
+    fn of(figures: &pb::UsageFigures) -> Self {
+        let tokens = figures.tokens.unwrap_or_default();
+        Self {
+            requests: figures.requests,
+            input: tokens.input_tokens,
+            output: tokens.output_tokens,
+            cost_nanos: figures.provider_cost_nanos_usd,
+        }
+    }
+}
+
+async fn totals(meter: &mut Meter, tenant: &str) -> Result<Totals, tonic::Status> {
+    let usage = meter
+        .get_usage(pb::GetUsageRequest {
+            tenant_id: tenant.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .usage
+        .unwrap();
+    let hour = Totals::of(&window(&usage, pb::UsageWindow::OneHour));
+    let day = Totals::of(&window(&usage, pb::UsageWindow::OneDay));
+    assert_eq!(hour, day, "{tenant}: rolling hour and day disagree");
+    Ok(hour)
+}
+
+/// Every tenant's figures, from a meter that must answer.
+async fn all_totals(meter: &mut Meter) -> BTreeMap<String, Totals> {
+    let mut all = BTreeMap::new();
+    for tenant in tenants() {
+        let (figures, _) = timed("GetUsage", totals(meter, &tenant)).await;
+        all.insert(tenant, figures.unwrap());
+    }
+    all
+}
+
+/// Polls GetUsage of every tenant (so every master is asked) until the meter
+/// answers for all of them, and returns the figures.
+async fn until_answering(meter: &Meter) -> BTreeMap<String, Totals> {
+    poll_until_ok(RECONNECT, || {
+        let mut meter = meter.clone();
+        async move {
+            let mut all = BTreeMap::new();
+            for tenant in tenants() {
+                let figures = totals(&mut meter, &tenant)
+                    .await
+                    .map_err(|e| format!("{tenant}: {e}"))?;
+                all.insert(tenant, figures);
+            }
+            Ok::<_, String>(all)
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// What `batches` add up to for each tenant: requests and tokens summed here,
+/// the provider cost as pricing quotes those totals (the meter must match it
+/// exactly, whatever the order and batching of the events).
+async fn expected(stack: &Stack, batches: &[Vec<pb::UsageEvent>]) -> BTreeMap<String, Totals> {
+    let mut pricing = stack.pricing().await;
+    let mut all = BTreeMap::new();
+    for tenant in tenants() {
+        let mut sums = Totals::default();
+        let mut models: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for e in batches.iter().flatten().filter(|e| e.tenant_id == tenant) {
+            let usage = e.usage.unwrap();
+            sums.requests += 1;
+            sums.input += usage.input_tokens;
+            sums.output += usage.output_tokens;
+            let model = models.entry(e.model_id.clone()).or_default();
+            model.0 += usage.input_tokens;
+            model.1 += usage.output_tokens;
+        }
+        let quote = pricing
+            .quote(pb::QuoteRequest {
+                subject: Some(pb::quote_request::Subject::TenantId(tenant.clone())),
+                lines: models
+                    .into_iter()
+                    .map(|(model_id, (input, output))| pb::QuoteLine {
+                        model_id,
+                        usage: Some(pb::TokenUsage {
+                            input_tokens: input,
+                            output_tokens: output,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                period_to_date: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sums.cost_nanos = quote.provider_cost_nanos_usd;
+        all.insert(tenant, sums);
+    }
+    all
+}
+
+/// How many keys each master holds, asked of each node directly.
+async fn keys_per_node(stack: &mut Stack) -> Vec<(u16, i64)> {
+    let mut counts = Vec::new();
+    for node in stack.meter_cluster().nodes() {
+        let mut conn = node
+            .client()
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: i64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+        counts.push((node.port(), keys));
+    }
+    counts
+}
+
+#[tokio::test]
+async fn restarting_each_master_in_turn_keeps_exact_figures() {
+    let mut stack = Stack::start(Backend::cluster_with_aof().await).await;
+    let mut meter = stack.meter().await;
+    let first = batch("first", now_ms() - 5_000);
+    let size = i32::try_from(first.len()).unwrap();
+    let reply = record(&mut meter, &first).await;
+    assert_eq!((reply.accepted, reply.duplicates), (size, 0), "{reply:?}");
+    let mut accepted = vec![first.clone()];
+    assert_eq!(
+        all_totals(&mut meter).await,
+        expected(&stack, &accepted).await
+    );
+    // Every master must hold some of the meter's keys, or restarting it
+    // would prove nothing.
+    let spread = keys_per_node(&mut stack).await;
+    assert!(
+        spread.iter().all(|&(_, keys)| keys > 0),
+        "the tenants' keys do not reach every master: {spread:?}"
+    );
+
+    for index in 0..3 {
+        // A graceful restart (SHUTDOWN flushes the AOF): the node's data
+        // survives, and the meter's connection to it drops under it.
+        let restart = Instant::now();
+        stack.meter_cluster().restart_node(index).await.unwrap();
+        let healthy = restart.elapsed();
+        let after = until_answering(&meter).await;
+        eprintln!(
+            "master {index} restarted, cluster healthy after {healthy:?}; the meter answered again {:?} after the restart began",
+            restart.elapsed()
+        );
+        assert_eq!(
+            after,
+            expected(&stack, &accepted).await,
+            "restarting master {index} lost or changed figures"
+        );
+
+        let replay = record(&mut meter, &first).await;
+        assert_eq!(
+            (replay.accepted, replay.duplicates),
+            (0, size),
+            "the first batch's dedupe marks must survive restarting master {index}: {replay:?}"
+        );
+
+        let fresh = batch(&format!("after-restart-{index}"), now_ms());
+        let reply = record(&mut meter, &fresh).await;
+        assert_eq!(
+            (reply.accepted, reply.duplicates),
+            (size, 0),
+            "after restarting master {index}: {reply:?}"
+        );
+        assert!(
+            reply
+                .results
+                .iter()
+                .all(|r| r.status == i32::from(pb::UsageEventStatus::Accepted)),
+            "{reply:?}"
+        );
+        accepted.push(fresh);
+        assert_eq!(
+            all_totals(&mut meter).await,
+            expected(&stack, &accepted).await,
+            "figures after restarting master {index} and recording a new batch"
+        );
+    }
+    stack.stop().await;
+}
