@@ -15,10 +15,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
-use support::{Backend, MICRO, SONNET, Stack, event, now_ms, window};
+use support::{Backend, MICRO, SONNET, Stack, Totals, event, now_ms, record, timed, totals};
 use tenantmeter_proto::v1 as pb;
 use tenantmeter_proto::v1::meter_service_client::MeterServiceClient;
 use tenantmeter_testkit::poll_until_ok;
@@ -33,10 +32,6 @@ const TENANT_COUNT: usize = 30;
 /// Events per tenant in each batch.
 const PER_TENANT: i64 = 3;
 
-/// Upper bound on any single call: a call still running after this is a
-/// hang, and fails the test with a message instead of stalling it.
-const HANG: Duration = Duration::from_secs(30);
-
 /// How long the meter gets to answer again once the cluster is healthy:
 /// generous, for slot refreshes and reconnects on a loaded two-core machine.
 const RECONNECT: Duration = Duration::from_secs(60);
@@ -45,16 +40,6 @@ fn tenants() -> Vec<String> {
     (0..TENANT_COUNT)
         .map(|i| format!("tenant-{i:02}"))
         .collect()
-}
-
-/// Runs `call`, failing the test if it does not finish within [`HANG`];
-/// returns its output and how long it took.
-async fn timed<T>(what: &str, call: impl Future<Output = T>) -> (T, Duration) {
-    let started = Instant::now();
-    let output = tokio::time::timeout(HANG, call)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung for more than {HANG:?}"));
-    (output, started.elapsed())
 }
 
 /// [`PER_TENANT`] events per tenant, `prefix`-named, at `at_ms` give or take
@@ -76,61 +61,6 @@ fn batch(prefix: &str, at_ms: i64) -> Vec<pb::UsageEvent> {
             })
         })
         .collect()
-}
-
-/// Records `events`; panics unless the meter answers OK with no rejections.
-async fn record(meter: &mut Meter, events: &[pb::UsageEvent]) -> pb::RecordUsageResponse {
-    let request = pb::RecordUsageRequest {
-        events: events.to_vec(),
-    };
-    let (reply, took) = timed("RecordUsage", meter.record_usage(request)).await;
-    let reply = reply.unwrap().into_inner();
-    eprintln!(
-        "RecordUsage of {} events: {} accepted, {} duplicates in {took:?}",
-        events.len(),
-        reply.accepted,
-        reply.duplicates
-    );
-    assert_eq!(reply.rejected, 0, "{reply:?}");
-    reply
-}
-
-/// What GetUsage reports of a tenant's rolling hour (checked equal to its
-/// rolling day: every event here is seconds old).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Totals {
-    requests: i64,
-    input: i64,
-    output: i64,
-    cost_nanos: i64,
-}
-
-impl Totals {
-    fn of(figures: &pb::UsageFigures) -> Self {
-        let tokens = figures.tokens.unwrap_or_default();
-        Self {
-            requests: figures.requests,
-            input: tokens.input_tokens,
-            output: tokens.output_tokens,
-            cost_nanos: figures.provider_cost_nanos_usd,
-        }
-    }
-}
-
-async fn totals(meter: &mut Meter, tenant: &str) -> Result<Totals, tonic::Status> {
-    let usage = meter
-        .get_usage(pb::GetUsageRequest {
-            tenant_id: tenant.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .usage
-        .unwrap();
-    let hour = Totals::of(&window(&usage, pb::UsageWindow::OneHour));
-    let day = Totals::of(&window(&usage, pb::UsageWindow::OneDay));
-    assert_eq!(hour, day, "{tenant}: rolling hour and day disagree");
-    Ok(hour)
 }
 
 /// Every tenant's figures, from a meter that must answer.

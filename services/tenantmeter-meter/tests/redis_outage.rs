@@ -14,10 +14,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
-use support::{Backend, MICRO, SONNET, Stack, event, now_ms, window};
+use support::{Backend, MICRO, SONNET, Stack, Totals, event, now_ms, record, timed, totals};
 use tenantmeter_meter::MeterConfig;
 use tenantmeter_meter::config::FailMode;
 use tenantmeter_proto::v1 as pb;
@@ -32,26 +31,12 @@ type Meter = MeterServiceClient<Channel>;
 
 const TENANTS: [&str; 2] = ["acme", "globex"];
 
-/// Upper bound on any single call in these tests: a call still running after
-/// this is a hang, and fails the test with a message instead of stalling it.
-const HANG: Duration = Duration::from_secs(30);
-
 /// Reserve must answer well within this when Redis is down (its own deadline
 /// is 50 ms; the rest is margin for a debug build on a loaded machine).
 const RESERVE_BOUND: Duration = Duration::from_secs(1);
 
 /// How long the meter gets to reconnect once Redis is back.
 const RECONNECT: Duration = Duration::from_secs(20);
-
-/// Runs `call`, failing the test if it does not finish within [`HANG`];
-/// returns its output and how long it took.
-async fn timed<T>(what: &str, call: impl Future<Output = T>) -> (T, Duration) {
-    let started = Instant::now();
-    let output = tokio::time::timeout(HANG, call)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung for more than {HANG:?}"));
-    (output, started.elapsed())
-}
 
 /// `n` events per tenant, `prefix`-named, at `at_ms` give or take a few
 /// seconds, alternating models, each with different token counts.
@@ -78,58 +63,6 @@ fn request(events: &[pb::UsageEvent]) -> pb::RecordUsageRequest {
     pb::RecordUsageRequest {
         events: events.to_vec(),
     }
-}
-
-/// Records `events`; panics unless the meter answers OK.
-async fn record(meter: &mut Meter, events: &[pb::UsageEvent]) -> pb::RecordUsageResponse {
-    let (reply, took) = timed("RecordUsage", meter.record_usage(request(events))).await;
-    let reply = reply.unwrap().into_inner();
-    eprintln!(
-        "RecordUsage of {} events: {} accepted, {} duplicates in {took:?}",
-        events.len(),
-        reply.accepted,
-        reply.duplicates
-    );
-    assert_eq!(reply.rejected, 0, "{reply:?}");
-    reply
-}
-
-/// What GetUsage reports of a tenant's rolling hour (checked equal to its
-/// rolling day: every event in these tests is minutes old at most).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Totals {
-    requests: i64,
-    input: i64,
-    output: i64,
-    cost_nanos: i64,
-}
-
-impl Totals {
-    fn of(figures: &pb::UsageFigures) -> Self {
-        let tokens = figures.tokens.unwrap_or_default();
-        Self {
-            requests: figures.requests,
-            input: tokens.input_tokens,
-            output: tokens.output_tokens,
-            cost_nanos: figures.provider_cost_nanos_usd,
-        }
-    }
-}
-
-async fn totals(meter: &mut Meter, tenant: &str) -> Result<Totals, tonic::Status> {
-    let usage = meter
-        .get_usage(pb::GetUsageRequest {
-            tenant_id: tenant.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .usage
-        .unwrap();
-    let hour = Totals::of(&window(&usage, pb::UsageWindow::OneHour));
-    let day = Totals::of(&window(&usage, pb::UsageWindow::OneDay));
-    assert_eq!(hour, day, "{tenant}: rolling hour and day disagree");
-    Ok(hour)
 }
 
 /// Every tenant's figures, from a meter that must answer.

@@ -7,12 +7,14 @@
     unreachable_pub,
     clippy::unwrap_used,
     clippy::expect_used,
-    clippy::large_enum_variant
+    clippy::large_enum_variant,
+    clippy::print_stderr
 )] // test support shared by several test files
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tenantmeter_meter::MeterConfig;
 use tenantmeter_proto::v1 as pb;
@@ -324,4 +326,82 @@ pub fn window(usage: &pb::TenantUsage, which: pb::UsageWindow) -> pb::UsageFigur
         .find(|w| w.window == i32::from(which))
         .and_then(|w| w.figures)
         .unwrap()
+}
+
+/// Upper bound on any single call in these tests: a call still running after
+/// this is a hang, and fails the test with a message instead of stalling it.
+pub const HANG: Duration = Duration::from_secs(30);
+
+/// Runs `call`, failing the test if it does not finish within [`HANG`];
+/// returns its output and how long it took.
+pub async fn timed<T>(what: &str, call: impl Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let output = tokio::time::timeout(HANG, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung for more than {HANG:?}"));
+    (output, started.elapsed())
+}
+
+/// Records `events`; panics unless the meter answers OK.
+pub async fn record(
+    meter: &mut MeterServiceClient<Channel>,
+    events: &[pb::UsageEvent],
+) -> pb::RecordUsageResponse {
+    let (reply, took) = timed(
+        "RecordUsage",
+        meter.record_usage(pb::RecordUsageRequest {
+            events: events.to_vec(),
+        }),
+    )
+    .await;
+    let reply = reply.unwrap().into_inner();
+    eprintln!(
+        "RecordUsage of {} events: {} accepted, {} duplicates in {took:?}",
+        events.len(),
+        reply.accepted,
+        reply.duplicates
+    );
+    assert_eq!(reply.rejected, 0, "{reply:?}");
+    reply
+}
+
+/// What GetUsage reports of a tenant's rolling hour (checked equal to its
+/// rolling day: every event in these tests is minutes old at most).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: i64,
+    pub input: i64,
+    pub output: i64,
+    pub cost_nanos: i64,
+}
+
+impl Totals {
+    pub fn of(figures: &pb::UsageFigures) -> Self {
+        let tokens = figures.tokens.unwrap_or_default();
+        Self {
+            requests: figures.requests,
+            input: tokens.input_tokens,
+            output: tokens.output_tokens,
+            cost_nanos: figures.provider_cost_nanos_usd,
+        }
+    }
+}
+
+pub async fn totals(
+    meter: &mut MeterServiceClient<Channel>,
+    tenant: &str,
+) -> Result<Totals, tonic::Status> {
+    let usage = meter
+        .get_usage(pb::GetUsageRequest {
+            tenant_id: tenant.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .usage
+        .unwrap();
+    let hour = Totals::of(&window(&usage, pb::UsageWindow::OneHour));
+    let day = Totals::of(&window(&usage, pb::UsageWindow::OneDay));
+    assert_eq!(hour, day, "{tenant}: rolling hour and day disagree");
+    Ok(hour)
 }
