@@ -13,7 +13,8 @@ use std::time::Duration;
 const SONNET: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
 struct Up {
-    child: Child,
+    /// `None` once stopped.
+    child: Option<Child>,
     addr: String,
     meter: String,
 }
@@ -65,28 +66,31 @@ impl Up {
         assert!(banner.contains(&format!("pricing   {addr}")), "{banner}");
         assert!(banner.contains(&format!("meter     {meter}")), "{banner}");
         assert!(banner.contains("grpcurl -plaintext"), "{banner}");
-        Self { child, addr, meter }
+        Self {
+            child: Some(child),
+            addr,
+            meter,
+        }
     }
 
     /// SIGTERM, as an orchestrator would send; `up` must drain and exit 0.
     fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id();
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "up exited with {status}");
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "up did not exit within 30s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Wait for the exit on a thread, so the test waits on the event itself
+        // with a deadline rather than polling.
+        let (exited, exit) = mpsc::channel();
+        std::thread::spawn(move || exited.send(child.wait()));
+        let status = exit
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("up (pid {pid}) did not exit within 30s of SIGTERM"))
+            .unwrap();
+        assert!(status.success(), "up exited with {status}");
     }
 
     fn grpcurl(&self, args: &[&str]) -> String {
@@ -135,8 +139,10 @@ impl Up {
 impl Drop for Up {
     fn drop(&mut self) {
         // Only reached when an assertion failed mid-test: don't leave it running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -67,33 +67,28 @@ impl Replica {
     async fn wait_serving(&self) {
         use tonic_health::pb::health_check_response::ServingStatus;
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            assert!(
-                !self.task.is_finished(),
-                "the service stopped before serving"
-            );
-            if let Ok(channel) =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-                    .unwrap()
+        let url = format!("http://{}", self.addr);
+        tenantmeter_testkit::poll_until_ok(Duration::from_secs(20), || {
+            let url = url.clone();
+            let stopped = self.task.is_finished();
+            async move {
+                assert!(!stopped, "the service stopped before serving");
+                let channel = tonic::transport::Endpoint::from_shared(url)?
                     .connect()
-                    .await
-            {
-                let reply = HealthClient::new(channel)
+                    .await?;
+                let status = HealthClient::new(channel)
                     .check(HealthCheckRequest {
                         service: "tenantmeter.v1.PricingService".into(),
                     })
-                    .await;
-                if reply.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
-                    return;
-                }
+                    .await?
+                    .into_inner()
+                    .status;
+                anyhow::ensure!(status == ServingStatus::Serving as i32, "status {status}");
+                Ok(())
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not SERVING within 20s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
+        .unwrap();
     }
 
     async fn client(&self) -> PricingServiceClient<Channel> {
