@@ -1,0 +1,330 @@
+//! The emulator driven by the real `aws-sdk-bedrockruntime` client, as the gateway will drive it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_sdk_bedrockruntime::Client;
+use aws_sdk_bedrockruntime::config::Credentials;
+use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
+use aws_sdk_bedrockruntime::operation::converse::ConverseError;
+use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
+use aws_sdk_bedrockruntime::primitives::Blob;
+use aws_sdk_bedrockruntime::types::{
+    CachePointBlock, CachePointType, ContentBlock, ConversationRole, InferenceConfiguration,
+    Message, StopReason, SystemContentBlock,
+};
+use tenantmeter_emulator::{DEFAULT_REPLY_PREFIX, EmulatorConfig, Fault, tokens_for_bytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+const PROFILE_ARN: &str =
+    "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6";
+
+struct Emulator {
+    addr: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(config: EmulatorConfig) -> Emulator {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tenantmeter_emulator::serve(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    Emulator { addr, _stop: stop }
+}
+
+/// The real SDK client, configured with no way to reach AWS: fixed region, static credentials,
+/// the emulator as endpoint, and no retries (so faults surface at once).
+async fn client(addr: SocketAddr) -> Client {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region("us-east-1")
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .endpoint_url(format!("http://{addr}"))
+        .retry_config(RetryConfig::disabled())
+        .load()
+        .await;
+    Client::new(&sdk)
+}
+
+fn user(text: &str) -> Message {
+    Message::builder()
+        .role(ConversationRole::User)
+        .content(ContentBlock::Text(text.to_owned()))
+        .build()
+        .unwrap()
+}
+
+fn cache_point() -> CachePointBlock {
+    CachePointBlock::builder()
+        .r#type(CachePointType::Default)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn converse_returns_deterministic_text_usage_and_stop_reason() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(emulator.addr).await;
+    let system = "Be brief.";
+    let prompt = "What is the capital of France?";
+    let out = client
+        .converse()
+        .model_id(MODEL)
+        .system(SystemContentBlock::Text(system.to_owned()))
+        .messages(user(prompt))
+        .send()
+        .await
+        .unwrap();
+
+    let reply = format!("{DEFAULT_REPLY_PREFIX}{prompt}");
+    let message = out.output().unwrap().as_message().unwrap();
+    assert_eq!(message.role(), &ConversationRole::Assistant);
+    assert_eq!(message.content()[0].as_text().unwrap(), &reply);
+    assert_eq!(out.stop_reason(), &StopReason::EndTurn);
+
+    let usage = out.usage().unwrap();
+    let input = i32::try_from(tokens_for_bytes(system.len() + prompt.len())).unwrap();
+    let output = i32::try_from(tokens_for_bytes(reply.len())).unwrap();
+    assert_eq!(usage.input_tokens(), input);
+    assert_eq!(usage.output_tokens(), output);
+    assert_eq!(usage.total_tokens(), input + output);
+    assert_eq!(usage.cache_read_input_tokens(), Some(0));
+    assert_eq!(usage.cache_write_input_tokens(), Some(0));
+    assert_eq!(out.metrics().unwrap().latency_ms(), 0);
+}
+
+#[tokio::test]
+async fn max_tokens_cuts_the_reply_and_caps_output_tokens() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(emulator.addr).await;
+    let out = client
+        .converse()
+        .model_id(MODEL)
+        .messages(user(&"x".repeat(100)))
+        .inference_config(InferenceConfiguration::builder().max_tokens(3).build())
+        .send()
+        .await
+        .unwrap();
+    let message = out.output().unwrap().as_message().unwrap();
+    assert_eq!(message.content()[0].as_text().unwrap().len(), 12);
+    assert_eq!(out.stop_reason(), &StopReason::MaxTokens);
+    assert_eq!(out.usage().unwrap().output_tokens(), 3);
+}
+
+#[tokio::test]
+async fn application_inference_profile_arn_is_accepted_and_decoded() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(emulator.addr).await;
+    let out = client
+        .converse()
+        .model_id(PROFILE_ARN)
+        .messages(user("hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.stop_reason(), &StopReason::EndTurn);
+
+    // InvokeModel echoes the model id it saw: the ARN arrives decoded.
+    let body = serde_json::json!({
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 100,
+        "messages": [{ "role": "user", "content": "hello" }],
+    });
+    let out = client
+        .invoke_model()
+        .model_id(PROFILE_ARN)
+        .content_type("application/json")
+        .body(Blob::new(body.to_string()))
+        .send()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(out.body().as_ref()).unwrap();
+    assert_eq!(answer["model"], PROFILE_ARN);
+}
+
+#[tokio::test]
+async fn cache_point_writes_first_then_reads() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(emulator.addr).await;
+    let system = "A long, stable system prompt worth caching.";
+    let call = || {
+        client
+            .converse()
+            .model_id(MODEL)
+            .system(SystemContentBlock::Text(system.to_owned()))
+            .system(SystemContentBlock::CachePoint(cache_point()))
+            .messages(user("question"))
+            .send()
+    };
+    let cached = i32::try_from(tokens_for_bytes(system.len())).unwrap();
+    let uncached = i32::try_from(tokens_for_bytes("question".len())).unwrap();
+
+    let first = call().await.unwrap();
+    let usage = first.usage().unwrap();
+    assert_eq!(usage.cache_write_input_tokens(), Some(cached));
+    assert_eq!(usage.cache_read_input_tokens(), Some(0));
+    assert_eq!(usage.input_tokens(), uncached);
+    assert_eq!(
+        usage.total_tokens(),
+        uncached + cached + usage.output_tokens()
+    );
+
+    let second = call().await.unwrap();
+    let usage = second.usage().unwrap();
+    assert_eq!(usage.cache_write_input_tokens(), Some(0));
+    assert_eq!(usage.cache_read_input_tokens(), Some(cached));
+    assert_eq!(usage.input_tokens(), uncached);
+}
+
+#[tokio::test]
+async fn invoke_model_returns_body_and_token_headers() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(emulator.addr).await;
+    let body = serde_json::json!({
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 100,
+        "system": "Be brief.",
+        "messages": [{ "role": "user", "content": [{ "type": "text", "text": "hi there" }] }],
+    })
+    .to_string();
+    let out = client
+        .invoke_model()
+        .model_id(MODEL)
+        .content_type("application/json")
+        .accept("application/json")
+        .body(Blob::new(body.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.content_type(), "application/json");
+    let answer: serde_json::Value = serde_json::from_slice(out.body().as_ref()).unwrap();
+    let reply = format!("{DEFAULT_REPLY_PREFIX}hi there");
+    let input = tokens_for_bytes("Be brief.hi there".len());
+    let output = tokens_for_bytes(reply.len());
+    assert_eq!(answer["content"][0]["text"], reply.as_str());
+    assert_eq!(answer["stop_reason"], "end_turn");
+    assert_eq!(answer["usage"]["input_tokens"], input);
+    assert_eq!(answer["usage"]["output_tokens"], output);
+
+    // The SDK's output does not expose these headers, so read them off the wire.
+    let raw = raw_post(emulator.addr, &format!("/model/{MODEL}/invoke"), &body).await;
+    let head = raw.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("x-amzn-bedrock-input-token-count: {input}\r\n")),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("x-amzn-bedrock-output-token-count: {output}\r\n")),
+        "{head}"
+    );
+    assert!(head.contains("content-type: application/json"), "{head}");
+}
+
+async fn raw_post(addr: SocketAddr, path: &str, body: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+fn converse_matches(fault: Fault, error: &ConverseError) -> bool {
+    match fault {
+        Fault::Throttling => matches!(error, ConverseError::ThrottlingException(_)),
+        Fault::Validation => matches!(error, ConverseError::ValidationException(_)),
+        Fault::AccessDenied => matches!(error, ConverseError::AccessDeniedException(_)),
+        Fault::NotFound => matches!(error, ConverseError::ResourceNotFoundException(_)),
+        Fault::ModelTimeout => matches!(error, ConverseError::ModelTimeoutException(_)),
+        Fault::ServiceUnavailable => {
+            matches!(error, ConverseError::ServiceUnavailableException(_))
+        }
+        Fault::Internal => matches!(error, ConverseError::InternalServerException(_)),
+    }
+}
+
+fn invoke_matches(fault: Fault, error: &InvokeModelError) -> bool {
+    match fault {
+        Fault::Throttling => matches!(error, InvokeModelError::ThrottlingException(_)),
+        Fault::Validation => matches!(error, InvokeModelError::ValidationException(_)),
+        Fault::AccessDenied => matches!(error, InvokeModelError::AccessDeniedException(_)),
+        Fault::NotFound => matches!(error, InvokeModelError::ResourceNotFoundException(_)),
+        Fault::ModelTimeout => matches!(error, InvokeModelError::ModelTimeoutException(_)),
+        Fault::ServiceUnavailable => {
+            matches!(error, InvokeModelError::ServiceUnavailableException(_))
+        }
+        Fault::Internal => matches!(error, InvokeModelError::InternalServerException(_)),
+    }
+}
+
+#[tokio::test]
+async fn every_fault_marker_maps_to_the_sdk_typed_error() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(emulator.addr).await;
+    for fault in Fault::ALL {
+        let text = format!("please fail {}", fault.marker());
+        let error = client
+            .converse()
+            .model_id(MODEL)
+            .messages(user(&text))
+            .send()
+            .await
+            .unwrap_err()
+            .into_service_error();
+        assert!(converse_matches(fault, &error), "{fault:?} -> {error:?}");
+        assert!(
+            error.message().unwrap().contains(fault.error_type()),
+            "{error:?}"
+        );
+
+        let body = serde_json::json!({
+            "max_tokens": 10,
+            "messages": [{ "role": "user", "content": text }],
+        });
+        let error = client
+            .invoke_model()
+            .model_id(PROFILE_ARN)
+            .body(Blob::new(body.to_string()))
+            .send()
+            .await
+            .unwrap_err()
+            .into_service_error();
+        assert!(invoke_matches(fault, &error), "{fault:?} -> {error:?}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_are_validation_errors() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(emulator.addr).await;
+    let error = client
+        .invoke_model()
+        .model_id(MODEL)
+        .body(Blob::new("not json"))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(error, InvokeModelError::ValidationException(_)),
+        "{error:?}"
+    );
+
+    let raw = raw_post(emulator.addr, &format!("/model/{MODEL}/converse"), "{}").await;
+    let lower = raw.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 400"), "{raw}");
+    assert!(
+        lower.contains("x-amzn-errortype: validationexception"),
+        "{raw}"
+    );
+    assert!(raw.contains("messages"), "{raw}");
+}
