@@ -10,13 +10,20 @@
 //! | route | operation |
 //! | --- | --- |
 //! | `POST /model/{modelId}/converse` | `Converse` (JSON request and response) |
+//! | `POST /model/{modelId}/converse-stream` | `ConverseStream` (AWS event-stream frames) |
 //! | `POST /model/{modelId}/invoke` | `InvokeModel` (model-native JSON body) |
 //!
 //! `{modelId}` is one URL path segment, percent-decoded: the SDK encodes `:` and `/` of an
 //! application inference profile ARN (`arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc`),
 //! and the emulator decodes it back. Any model id is accepted in this increment. Every response
 //! carries an `x-amzn-RequestId` header (`emu-<n>`, a per-server counter).
-//! `ConverseStream` and the control-plane (inference profile) calls come in a later increment.
+//! The inference-profile control-plane calls and `InvokeModelWithResponseStream` come later.
+//!
+//! `ConverseStream` answers `content-type: application/vnd.amazon.eventstream` with the frames
+//! `messageStart`, one `contentBlockDelta` per [`STREAM_CHUNK_BYTES`] bytes of the reply,
+//! `contentBlockStop`, `messageStop` and `metadata` (`{"usage":{..},"metrics":{..}}`, the same
+//! counts as `Converse` for the same request). This increment writes all frames at once: no time
+//! to first token or token rate yet.
 //!
 //! # Token rule
 //!
@@ -65,6 +72,10 @@
 //! | `[[fault:service-unavailable]]` | 503 | `ServiceUnavailableException` |
 //! | `[[fault:internal]]` | 500 | `InternalServerException` |
 //!
+//! `ConverseStream` also takes [`MID_STREAM_MARKER`] (`[[fault:mid-stream-throttling]]`): the
+//! stream sends `messageStart` and the first delta, then a `throttlingException` exception frame,
+//! and no `metadata`.
+//!
 //! Malformed requests get a real `ValidationException` too: a body that is not JSON, an empty
 //! `messages` list, or `maxTokens` < 1.
 
@@ -74,6 +85,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_smithy_types::event_stream::{
+    Header as EventHeader, HeaderValue as EventHeaderValue, Message as EventMessage,
+};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -202,6 +216,7 @@ pub fn router(config: EmulatorConfig) -> Router {
     });
     Router::new()
         .route("/model/{model_id}/converse", post(converse))
+        .route("/model/{model_id}/converse-stream", post(converse_stream))
         .route("/model/{model_id}/invoke", post(invoke))
         .with_state(state)
 }
@@ -510,6 +525,124 @@ async fn converse(
     (StatusCode::OK, headers, axum::Json(body)).into_response()
 }
 
+async fn converse_stream(
+    State(emulator): State<Arc<Emulator>>,
+    Path(model_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request_id = emulator.request_id();
+    tokio::time::sleep(emulator.config.latency).await;
+    let result = parse_json(&body)
+        .and_then(|request| converse_prompt(&request))
+        .and_then(|prompt| match Fault::find_in(&prompt.last_user_text) {
+            Some(fault) => Err(injected(fault, &model_id)),
+            None => Ok(prompt),
+        });
+    let prompt = match result {
+        Ok(prompt) => prompt,
+        Err(error) => return error.into_response(&request_id),
+    };
+    let done = complete(&emulator, &model_id, &prompt);
+    tracing::debug!(%model_id, %request_id, input = done.input_tokens, output = done.output_tokens, "converse-stream");
+    let cut = prompt.last_user_text.contains(MID_STREAM_MARKER);
+    let mut frames = Vec::new();
+    let mut push = |event: &'static str, payload: Value| {
+        let message = EventMessage::new(payload.to_string().into_bytes())
+            .add_header(EventHeader::new(":event-type", event_string(event)))
+            .add_header(EventHeader::new(
+                ":content-type",
+                event_string("application/json"),
+            ))
+            .add_header(EventHeader::new(":message-type", event_string("event")));
+        push_frame(&mut frames, &message);
+    };
+    push("messageStart", json!({ "role": "assistant" }));
+    for (i, chunk) in chunks(&done.reply, STREAM_CHUNK_BYTES)
+        .into_iter()
+        .enumerate()
+    {
+        push(
+            "contentBlockDelta",
+            json!({ "contentBlockIndex": 0, "delta": { "text": chunk } }),
+        );
+        if cut && i == 0 {
+            break;
+        }
+    }
+    if cut {
+        let message = EventMessage::new(
+            json!({ "message": "ThrottlingException injected mid-stream by the emulator" })
+                .to_string()
+                .into_bytes(),
+        )
+        .add_header(EventHeader::new(
+            ":exception-type",
+            event_string("throttlingException"),
+        ))
+        .add_header(EventHeader::new(
+            ":content-type",
+            event_string("application/json"),
+        ))
+        .add_header(EventHeader::new(":message-type", event_string("exception")));
+        push_frame(&mut frames, &message);
+    } else {
+        push("contentBlockStop", json!({ "contentBlockIndex": 0 }));
+        push("messageStop", json!({ "stopReason": done.stop_reason }));
+        push(
+            "metadata",
+            json!({
+                "usage": {
+                    "inputTokens": done.input_tokens,
+                    "outputTokens": done.output_tokens,
+                    "totalTokens": done.total(),
+                    "cacheReadInputTokens": done.cache_read,
+                    "cacheWriteInputTokens": done.cache_write,
+                },
+                "metrics": { "latencyMs": emulator.latency_ms() },
+            }),
+        );
+    }
+    let mut headers = HeaderMap::new();
+    insert_request_id(&mut headers, &request_id);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    (StatusCode::OK, headers, frames).into_response()
+}
+
+/// The marker that cuts a ConverseStream after its first delta with a `throttlingException`.
+pub const MID_STREAM_MARKER: &str = "[[fault:mid-stream-throttling]]";
+
+/// Bytes of reply text per `contentBlockDelta` event (cut on character boundaries).
+pub const STREAM_CHUNK_BYTES: usize = 16;
+
+fn event_string(value: &'static str) -> EventHeaderValue {
+    EventHeaderValue::String(value.into())
+}
+
+fn push_frame(frames: &mut Vec<u8>, message: &EventMessage) {
+    if let Err(error) = aws_smithy_eventstream::frame::write_message_to(message, frames) {
+        tracing::error!(%error, "cannot encode an event-stream frame");
+    }
+}
+
+/// Splits `text` into pieces of at most `max` bytes (at least one character each).
+fn chunks(text: &str, max: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = max.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces
+}
+
 async fn invoke(
     State(emulator): State<Arc<Emulator>>,
     Path(model_id): Path<String>,
@@ -589,6 +722,15 @@ mod tests {
             Fault::find_in("[[fault:internal]] [[fault:throttling]]"),
             Some(Fault::Throttling)
         );
+    }
+
+    #[test]
+    fn chunks_respect_char_boundaries_and_cover_the_text() {
+        let text = "abcé€xyz";
+        let pieces = chunks(text, 4);
+        assert_eq!(pieces, ["abcé", "€x", "yz"]);
+        assert_eq!(pieces.concat(), text);
+        assert!(chunks("", 4).is_empty());
     }
 
     #[test]

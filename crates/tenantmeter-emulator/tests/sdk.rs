@@ -1,6 +1,6 @@
 //! The emulator driven by the real `aws-sdk-bedrockruntime` client, as the gateway will drive it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed unwrap is a failed test
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 
@@ -10,13 +10,17 @@ use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::Credentials;
 use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
 use aws_sdk_bedrockruntime::operation::converse::ConverseError;
+use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamError;
 use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::types::{
-    CachePointBlock, CachePointType, ContentBlock, ConversationRole, InferenceConfiguration,
-    Message, StopReason, SystemContentBlock,
+    CachePointBlock, CachePointType, ContentBlock, ConversationRole, ConverseStreamOutput,
+    InferenceConfiguration, Message, StopReason, SystemContentBlock, TokenUsage,
+    error::ConverseStreamOutputError,
 };
-use tenantmeter_emulator::{DEFAULT_REPLY_PREFIX, EmulatorConfig, Fault, tokens_for_bytes};
+use tenantmeter_emulator::{
+    DEFAULT_REPLY_PREFIX, EmulatorConfig, Fault, MID_STREAM_MARKER, tokens_for_bytes,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
@@ -327,4 +331,88 @@ async fn malformed_requests_are_validation_errors() {
         "{raw}"
     );
     assert!(raw.contains("messages"), "{raw}");
+}
+
+/// Text, stop reason and usage reassembled from a ConverseStream.
+async fn stream(client: &Client, text: &str) -> (String, StopReason, TokenUsage) {
+    let mut out = client
+        .converse_stream()
+        .model_id(PROFILE_ARN)
+        .messages(user(text))
+        .send()
+        .await
+        .unwrap();
+    let (mut reply, mut stop, mut usage) = (String::new(), None, None);
+    while let Some(event) = out.stream.recv().await.unwrap() {
+        if let ConverseStreamOutput::ContentBlockDelta(delta) = &event {
+            reply.push_str(delta.delta().unwrap().as_text().unwrap());
+        } else if let ConverseStreamOutput::MessageStop(message_stop) = &event {
+            stop = Some(message_stop.stop_reason().clone());
+        } else if let ConverseStreamOutput::Metadata(metadata) = &event {
+            usage = metadata.usage().cloned();
+        }
+    }
+    (reply, stop.unwrap(), usage.unwrap())
+}
+
+#[tokio::test]
+async fn converse_stream_matches_converse_exactly() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(emulator.addr).await;
+    let text = "Stream me a reply that spans several delta events, é included.";
+    let unary = client
+        .converse()
+        .model_id(PROFILE_ARN)
+        .messages(user(text))
+        .send()
+        .await
+        .unwrap();
+    let (reply, stop, usage) = stream(&client, text).await;
+    let message = unary.output().unwrap().as_message().unwrap();
+    assert_eq!(&reply, message.content()[0].as_text().unwrap());
+    assert_eq!(&stop, unary.stop_reason());
+    assert_eq!(&usage, unary.usage().unwrap());
+}
+
+#[tokio::test]
+async fn converse_stream_faults_before_and_mid_stream() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(emulator.addr).await;
+    let error = client
+        .converse_stream()
+        .model_id(MODEL)
+        .messages(user(Fault::ServiceUnavailable.marker()))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(error, ConverseStreamError::ServiceUnavailableException(_)),
+        "{error:?}"
+    );
+
+    let mut out = client
+        .converse_stream()
+        .model_id(MODEL)
+        .messages(user(&format!("a long enough text {MID_STREAM_MARKER}")))
+        .send()
+        .await
+        .unwrap();
+    let mut deltas = 0;
+    let error = loop {
+        match out.stream.recv().await {
+            Ok(Some(ConverseStreamOutput::ContentBlockDelta(_))) => deltas += 1,
+            Ok(Some(event)) => assert!(
+                matches!(event, ConverseStreamOutput::MessageStart(_)),
+                "{event:?}"
+            ),
+            Ok(None) => panic!("the stream ended without its exception"),
+            Err(error) => break error.into_service_error(),
+        }
+    };
+    assert_eq!(deltas, 1);
+    assert!(
+        matches!(error, ConverseStreamOutputError::ThrottlingException(_)),
+        "{error:?}"
+    );
 }
