@@ -109,6 +109,7 @@ pub struct ClientTlsFiles {
 impl ClientTlsFiles {
     /// Reads the CA file into a tonic `ClientTlsConfig`.
     pub fn load(&self) -> Result<ClientTlsConfig, RuntimeError> {
+        crate::server::install_crypto_provider();
         let ca = std::fs::read(&self.ca).map_err(|source| RuntimeError::TlsFile {
             path: self.ca.clone(),
             source,

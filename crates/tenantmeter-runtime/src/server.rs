@@ -236,7 +236,19 @@ fn reflection(names: &[&'static str]) -> tonic_reflection::server::Builder<'stat
         .fold(builder, |builder, name| builder.with_service_name(name))
 }
 
+/// Makes ring the process's rustls crypto provider unless one is installed.
+///
+/// rustls picks a provider from its crate features only when exactly one is
+/// enabled; the AWS SDK enables aws-lc-rs next to our ring, and with both
+/// rustls panics at the first TLS handshake setup. Choosing explicitly keeps
+/// TLS working whatever else the binary links.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 async fn server_tls(tls: &TlsConfig) -> Result<ServerTlsConfig, RuntimeError> {
+    install_crypto_provider();
     let read = |path: std::path::PathBuf| async move {
         tokio::fs::read(&path)
             .await
