@@ -17,7 +17,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::{Backend, MICRO, SONNET, Stack, Totals, event, now_ms, record, timed, totals};
+use support::{
+    Backend, MICRO, SONNET, Stack, Totals, event, expected_totals, now_ms, record, timed, totals,
+};
 use tenantmeter_proto::v1 as pb;
 use tenantmeter_proto::v1::meter_service_client::MeterServiceClient;
 use tenantmeter_testkit::poll_until_ok;
@@ -100,39 +102,8 @@ async fn expected(stack: &Stack, batches: &[Vec<pb::UsageEvent>]) -> BTreeMap<St
     let mut pricing = stack.pricing().await;
     let mut all = BTreeMap::new();
     for tenant in tenants() {
-        let mut sums = Totals::default();
-        let mut models: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for e in batches.iter().flatten().filter(|e| e.tenant_id == tenant) {
-            let usage = e.usage.unwrap();
-            sums.requests += 1;
-            sums.input += usage.input_tokens;
-            sums.output += usage.output_tokens;
-            let model = models.entry(e.model_id.clone()).or_default();
-            model.0 += usage.input_tokens;
-            model.1 += usage.output_tokens;
-        }
-        let quote = pricing
-            .quote(pb::QuoteRequest {
-                subject: Some(pb::quote_request::Subject::TenantId(tenant.clone())),
-                lines: models
-                    .into_iter()
-                    .map(|(model_id, (input, output))| pb::QuoteLine {
-                        model_id,
-                        usage: Some(pb::TokenUsage {
-                            input_tokens: input,
-                            output_tokens: output,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-                period_to_date: vec![],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        sums.cost_nanos = quote.provider_cost_nanos_usd;
-        all.insert(tenant, sums);
+        let totals = expected_totals(&mut pricing, &tenant, batches.iter().flatten()).await;
+        all.insert(tenant, totals);
     }
     all
 }

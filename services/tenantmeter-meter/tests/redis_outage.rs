@@ -16,7 +16,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::{Backend, MICRO, SONNET, Stack, Totals, event, now_ms, record, timed, totals};
+use support::{
+    Backend, MICRO, SONNET, Stack, Totals, event, expected_totals, now_ms, record, timed, totals,
+};
 use tenantmeter_meter::MeterConfig;
 use tenantmeter_meter::config::FailMode;
 use tenantmeter_proto::v1 as pb;
@@ -82,42 +84,13 @@ async fn expected(stack: &Stack, events: &[&[pb::UsageEvent]]) -> BTreeMap<&'sta
     let mut pricing = stack.pricing().await;
     let mut all = BTreeMap::new();
     for tenant in TENANTS {
-        let mut sums = Totals::default();
-        let mut models: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for e in events.iter().flat_map(|batch| batch.iter()) {
-            if e.tenant_id != tenant {
-                continue;
-            }
-            let usage = e.usage.unwrap();
-            sums.requests += 1;
-            sums.input += usage.input_tokens;
-            sums.output += usage.output_tokens;
-            let model = models.entry(e.model_id.clone()).or_default();
-            model.0 += usage.input_tokens;
-            model.1 += usage.output_tokens;
-        }
-        let quote = pricing
-            .quote(pb::QuoteRequest {
-                subject: Some(pb::quote_request::Subject::TenantId(tenant.into())),
-                lines: models
-                    .into_iter()
-                    .map(|(model_id, (input, output))| pb::QuoteLine {
-                        model_id,
-                        usage: Some(pb::TokenUsage {
-                            input_tokens: input,
-                            output_tokens: output,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-                period_to_date: vec![],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        sums.cost_nanos = quote.provider_cost_nanos_usd;
-        all.insert(tenant, sums);
+        let totals = expected_totals(
+            &mut pricing,
+            tenant,
+            events.iter().flat_map(|batch| batch.iter()),
+        )
+        .await;
+        all.insert(tenant, totals);
     }
     all
 }

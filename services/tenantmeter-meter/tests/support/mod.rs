@@ -11,6 +11,7 @@
     clippy::print_stderr
 )] // test support shared by several test files
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -404,4 +405,47 @@ pub async fn totals(
     let day = Totals::of(&window(&usage, pb::UsageWindow::OneDay));
     assert_eq!(hour, day, "{tenant}: rolling hour and day disagree");
     Ok(hour)
+}
+
+/// What a tenant's figures must be after `events` (others' events are
+/// skipped): counts summed here, provider cost from pricing's Quote of the
+/// per-model totals.
+pub async fn expected_totals<'a>(
+    pricing: &mut PricingServiceClient<Channel>,
+    tenant: &str,
+    events: impl Iterator<Item = &'a pb::UsageEvent>,
+) -> Totals {
+    let mut sums = Totals::default();
+    let mut models: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for e in events.filter(|e| e.tenant_id == tenant) {
+        let usage = e.usage.unwrap();
+        sums.requests += 1;
+        sums.input += usage.input_tokens;
+        sums.output += usage.output_tokens;
+        let model = models.entry(e.model_id.clone()).or_default();
+        model.0 += usage.input_tokens;
+        model.1 += usage.output_tokens;
+    }
+    let quote = pricing
+        .quote(pb::QuoteRequest {
+            subject: Some(pb::quote_request::Subject::TenantId(tenant.into())),
+            lines: models
+                .into_iter()
+                .map(|(model_id, (input, output))| pb::QuoteLine {
+                    model_id,
+                    usage: Some(pb::TokenUsage {
+                        input_tokens: input,
+                        output_tokens: output,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            period_to_date: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    sums.cost_nanos = quote.provider_cost_nanos_usd;
+    sums
 }
