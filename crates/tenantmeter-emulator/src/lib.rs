@@ -489,22 +489,35 @@ fn invoke_prompt(request: &Value) -> Result<Prompt, BedrockError> {
     Ok(prompt)
 }
 
+/// What every route does first: a request id, the configured latency, then
+/// the body parsed with `parse` and checked for a fault marker. `Err` is the
+/// error response to send.
+async fn accept(
+    emulator: &Emulator,
+    model_id: &str,
+    body: &[u8],
+    parse: fn(&Value) -> Result<Prompt, BedrockError>,
+) -> Result<(String, Prompt), Response> {
+    let request_id = emulator.request_id();
+    tokio::time::sleep(emulator.config.latency).await;
+    parse_json(body)
+        .and_then(|request| parse(&request))
+        .and_then(|prompt| match Fault::find_in(&prompt.last_user_text) {
+            Some(fault) => Err(injected(fault, model_id)),
+            None => Ok(prompt),
+        })
+        .map(|prompt| (request_id.clone(), prompt))
+        .map_err(|error| error.into_response(&request_id))
+}
+
 async fn converse(
     State(emulator): State<Arc<Emulator>>,
     Path(model_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let request_id = emulator.request_id();
-    tokio::time::sleep(emulator.config.latency).await;
-    let result = parse_json(&body)
-        .and_then(|request| converse_prompt(&request))
-        .and_then(|prompt| match Fault::find_in(&prompt.last_user_text) {
-            Some(fault) => Err(injected(fault, &model_id)),
-            None => Ok(prompt),
-        });
-    let prompt = match result {
-        Ok(prompt) => prompt,
-        Err(error) => return error.into_response(&request_id),
+    let (request_id, prompt) = match accept(&emulator, &model_id, &body, converse_prompt).await {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
     };
     let done = complete(&emulator, &model_id, &prompt);
     tracing::debug!(%model_id, %request_id, input = done.input_tokens, output = done.output_tokens, "converse");
@@ -530,17 +543,9 @@ async fn converse_stream(
     Path(model_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let request_id = emulator.request_id();
-    tokio::time::sleep(emulator.config.latency).await;
-    let result = parse_json(&body)
-        .and_then(|request| converse_prompt(&request))
-        .and_then(|prompt| match Fault::find_in(&prompt.last_user_text) {
-            Some(fault) => Err(injected(fault, &model_id)),
-            None => Ok(prompt),
-        });
-    let prompt = match result {
-        Ok(prompt) => prompt,
-        Err(error) => return error.into_response(&request_id),
+    let (request_id, prompt) = match accept(&emulator, &model_id, &body, converse_prompt).await {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
     };
     let done = complete(&emulator, &model_id, &prompt);
     tracing::debug!(%model_id, %request_id, input = done.input_tokens, output = done.output_tokens, "converse-stream");
@@ -648,17 +653,9 @@ async fn invoke(
     Path(model_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let request_id = emulator.request_id();
-    tokio::time::sleep(emulator.config.latency).await;
-    let result = parse_json(&body)
-        .and_then(|request| invoke_prompt(&request))
-        .and_then(|prompt| match Fault::find_in(&prompt.last_user_text) {
-            Some(fault) => Err(injected(fault, &model_id)),
-            None => Ok(prompt),
-        });
-    let prompt = match result {
-        Ok(prompt) => prompt,
-        Err(error) => return error.into_response(&request_id),
+    let (request_id, prompt) = match accept(&emulator, &model_id, &body, invoke_prompt).await {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
     };
     let done = complete(&emulator, &model_id, &prompt);
     tracing::debug!(%model_id, %request_id, input = done.input_tokens, output = done.output_tokens, "invoke");
