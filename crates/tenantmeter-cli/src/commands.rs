@@ -162,8 +162,14 @@ async fn start_meter(
 async fn start_emulator(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let listener = bind(config.emulator.listen, "emulator.listen").await?;
     let addr = listener.local_addr()?;
+    let section = &config.emulator;
     let settings = tenantmeter_emulator::EmulatorConfig {
-        latency: config.emulator.latency,
+        latency: section.latency,
+        time_to_first_token: section.time_to_first_token,
+        tokens_per_second: section.tokens_per_second,
+        hang_limit: section.hang_limit,
+        region: section.region.clone(),
+        account_id: section.account_id.clone(),
         ..Default::default()
     };
     let run = tenantmeter_emulator::serve(listener, settings, shutdown.triggered());

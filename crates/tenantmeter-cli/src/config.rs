@@ -36,9 +36,25 @@ pub(crate) struct Config {
 pub(crate) struct EmulatorSection {
     /// HTTP address. Default `127.0.0.1:8790`.
     pub(crate) listen: SocketAddr,
-    /// Delay added before every answer, reported as `metrics.latencyMs`. Default `0s`.
+    /// Delay added before every unary answer (`Converse`, `InvokeModel`), reported as
+    /// `metrics.latencyMs`. Default `0s`.
     #[serde(with = "humantime_serde")]
     pub(crate) latency: Duration,
+    /// Delay before a stream's first event (`ConverseStream`,
+    /// `InvokeModelWithResponseStream`). Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub(crate) time_to_first_token: Duration,
+    /// Output tokens a stream delivers per second after its first event; 0 sends them all at
+    /// once. Default `0`.
+    pub(crate) tokens_per_second: u32,
+    /// Longest a `[[fault:hang]]` call waits before answering. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub(crate) hang_limit: Duration,
+    /// Region of calls whose signature names none, and of the ARNs issued to them. Default
+    /// `us-east-1`.
+    pub(crate) region: String,
+    /// Account in the ARNs the emulator issues and accepts. Default `123456789012`.
+    pub(crate) account_id: String,
 }
 
 impl Default for EmulatorSection {
@@ -46,6 +62,11 @@ impl Default for EmulatorSection {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8790)),
             latency: Duration::ZERO,
+            time_to_first_token: Duration::ZERO,
+            tokens_per_second: 0,
+            hang_limit: tenantmeter_emulator::DEFAULT_HANG_LIMIT,
+            region: tenantmeter_emulator::DEFAULT_REGION.to_owned(),
+            account_id: tenantmeter_emulator::DEFAULT_ACCOUNT_ID.to_owned(),
         }
     }
 }

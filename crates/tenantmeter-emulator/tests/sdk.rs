@@ -2,66 +2,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failed unwrap is a failed test
 
-use std::net::SocketAddr;
+mod support;
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::Client;
-use aws_sdk_bedrockruntime::config::Credentials;
 use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
 use aws_sdk_bedrockruntime::operation::converse::ConverseError;
 use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamError;
 use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::types::{
-    CachePointBlock, CachePointType, ContentBlock, ConversationRole, ConverseStreamOutput,
-    InferenceConfiguration, Message, StopReason, SystemContentBlock, TokenUsage,
+    CachePointBlock, CachePointType, ConversationRole, ConverseStreamOutput,
+    InferenceConfiguration, StopReason, SystemContentBlock, TokenUsage,
     error::ConverseStreamOutputError,
 };
+use support::{MODEL, ResponseHeaders, anthropic_body, raw_request, runtime_client, start, user};
 use tenantmeter_emulator::{
     DEFAULT_REPLY_PREFIX, EmulatorConfig, Fault, MID_STREAM_MARKER, tokens_for_bytes,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
-const PROFILE_ARN: &str =
-    "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6";
-
-struct Emulator {
-    addr: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start(config: EmulatorConfig) -> Emulator {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(tenantmeter_emulator::serve(listener, config, async move {
-        let _ = stopped.await;
-    }));
-    Emulator { addr, _stop: stop }
-}
-
-/// The real SDK client, configured with no way to reach AWS: fixed region, static credentials,
-/// the emulator as endpoint, and no retries (so faults surface at once).
-async fn client(addr: SocketAddr) -> Client {
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region("us-east-1")
-        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-        .endpoint_url(format!("http://{addr}"))
-        .retry_config(RetryConfig::disabled())
-        .load()
-        .await;
-    Client::new(&sdk)
-}
-
-fn user(text: &str) -> Message {
-    Message::builder()
-        .role(ConversationRole::User)
-        .content(ContentBlock::Text(text.to_owned()))
-        .build()
-        .unwrap()
-}
+/// A system-defined (cross-region) profile id: it runs on [`MODEL`].
+const SYSTEM_PROFILE: &str = "us.anthropic.claude-3-haiku-20240307-v1:0";
 
 fn cache_point() -> CachePointBlock {
     CachePointBlock::builder()
@@ -73,7 +33,7 @@ fn cache_point() -> CachePointBlock {
 #[tokio::test]
 async fn converse_returns_deterministic_text_usage_and_stop_reason() {
     let emulator = start(EmulatorConfig::default()).await;
-    let client = client(emulator.addr).await;
+    let client = runtime_client(emulator.addr).await;
     let system = "Be brief.";
     let prompt = "What is the capital of France?";
     let out = client
@@ -105,7 +65,7 @@ async fn converse_returns_deterministic_text_usage_and_stop_reason() {
 #[tokio::test]
 async fn max_tokens_cuts_the_reply_and_caps_output_tokens() {
     let emulator = start(EmulatorConfig::default()).await;
-    let client = client(emulator.addr).await;
+    let client = runtime_client(emulator.addr).await;
     let out = client
         .converse()
         .model_id(MODEL)
@@ -121,40 +81,9 @@ async fn max_tokens_cuts_the_reply_and_caps_output_tokens() {
 }
 
 #[tokio::test]
-async fn application_inference_profile_arn_is_accepted_and_decoded() {
-    let emulator = start(EmulatorConfig::default()).await;
-    let client = client(emulator.addr).await;
-    let out = client
-        .converse()
-        .model_id(PROFILE_ARN)
-        .messages(user("hello"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(out.stop_reason(), &StopReason::EndTurn);
-
-    // InvokeModel echoes the model id it saw: the ARN arrives decoded.
-    let body = serde_json::json!({
-        "anthropic_version": "bedrock-2023-05-31",
-        "max_tokens": 100,
-        "messages": [{ "role": "user", "content": "hello" }],
-    });
-    let out = client
-        .invoke_model()
-        .model_id(PROFILE_ARN)
-        .content_type("application/json")
-        .body(Blob::new(body.to_string()))
-        .send()
-        .await
-        .unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(out.body().as_ref()).unwrap();
-    assert_eq!(answer["model"], PROFILE_ARN);
-}
-
-#[tokio::test]
 async fn cache_point_writes_first_then_reads() {
     let emulator = start(EmulatorConfig::default()).await;
-    let client = client(emulator.addr).await;
+    let client = runtime_client(emulator.addr).await;
     let system = "A long, stable system prompt worth caching.";
     let call = || {
         client
@@ -188,20 +117,16 @@ async fn cache_point_writes_first_then_reads() {
 #[tokio::test]
 async fn invoke_model_returns_body_and_token_headers() {
     let emulator = start(EmulatorConfig::default()).await;
-    let client = client(emulator.addr).await;
-    let body = serde_json::json!({
-        "anthropic_version": "bedrock-2023-05-31",
-        "max_tokens": 100,
-        "system": "Be brief.",
-        "messages": [{ "role": "user", "content": [{ "type": "text", "text": "hi there" }] }],
-    })
-    .to_string();
+    let client = runtime_client(emulator.addr).await;
+    let headers = ResponseHeaders::default();
     let out = client
         .invoke_model()
         .model_id(MODEL)
         .content_type("application/json")
         .accept("application/json")
-        .body(Blob::new(body.clone()))
+        .body(Blob::new(anthropic_body("Be brief.", "hi there", 100)))
+        .customize()
+        .interceptor(headers.clone())
         .send()
         .await
         .unwrap();
@@ -210,36 +135,24 @@ async fn invoke_model_returns_body_and_token_headers() {
     let reply = format!("{DEFAULT_REPLY_PREFIX}hi there");
     let input = tokens_for_bytes("Be brief.hi there".len());
     let output = tokens_for_bytes(reply.len());
+    assert_eq!(answer["model"], MODEL);
     assert_eq!(answer["content"][0]["text"], reply.as_str());
     assert_eq!(answer["stop_reason"], "end_turn");
     assert_eq!(answer["usage"]["input_tokens"], input);
     assert_eq!(answer["usage"]["output_tokens"], output);
 
-    // The SDK's output does not expose these headers, so read them off the wire.
-    let raw = raw_post(emulator.addr, &format!("/model/{MODEL}/invoke"), &body).await;
-    let head = raw.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(
-        head.contains(&format!("x-amzn-bedrock-input-token-count: {input}\r\n")),
-        "{head}"
+    let header = |name: &str| headers.get(name).unwrap();
+    assert_eq!(
+        header("x-amzn-bedrock-input-token-count"),
+        input.to_string()
     );
-    assert!(
-        head.contains(&format!("x-amzn-bedrock-output-token-count: {output}\r\n")),
-        "{head}"
+    assert_eq!(
+        header("x-amzn-bedrock-output-token-count"),
+        output.to_string()
     );
-    assert!(head.contains("content-type: application/json"), "{head}");
-}
-
-async fn raw_post(addr: SocketAddr, path: &str, body: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
+    assert_eq!(header("x-amzn-bedrock-cache-read-input-token-count"), "0");
+    assert_eq!(header("x-amzn-bedrock-cache-write-input-token-count"), "0");
+    assert_eq!(header("x-amzn-bedrock-invocation-latency"), "0");
 }
 
 fn converse_matches(fault: Fault, error: &ConverseError) -> bool {
@@ -273,7 +186,7 @@ fn invoke_matches(fault: Fault, error: &InvokeModelError) -> bool {
 #[tokio::test]
 async fn every_fault_marker_maps_to_the_sdk_typed_error() {
     let emulator = start(EmulatorConfig::default()).await;
-    let client = client(emulator.addr).await;
+    let client = runtime_client(emulator.addr).await;
     for fault in Fault::ALL {
         let text = format!("please fail {}", fault.marker());
         let error = client
@@ -296,7 +209,7 @@ async fn every_fault_marker_maps_to_the_sdk_typed_error() {
         });
         let error = client
             .invoke_model()
-            .model_id(PROFILE_ARN)
+            .model_id(SYSTEM_PROFILE)
             .body(Blob::new(body.to_string()))
             .send()
             .await
@@ -309,7 +222,7 @@ async fn every_fault_marker_maps_to_the_sdk_typed_error() {
 #[tokio::test]
 async fn malformed_requests_are_validation_errors() {
     let emulator = start(EmulatorConfig::default()).await;
-    let client = client(emulator.addr).await;
+    let client = runtime_client(emulator.addr).await;
     let error = client
         .invoke_model()
         .model_id(MODEL)
@@ -323,7 +236,13 @@ async fn malformed_requests_are_validation_errors() {
         "{error:?}"
     );
 
-    let raw = raw_post(emulator.addr, &format!("/model/{MODEL}/converse"), "{}").await;
+    let raw = raw_request(
+        emulator.addr,
+        "POST",
+        &format!("/model/{MODEL}/converse"),
+        "{}",
+    )
+    .await;
     let lower = raw.to_ascii_lowercase();
     assert!(lower.starts_with("http/1.1 400"), "{raw}");
     assert!(
@@ -337,7 +256,7 @@ async fn malformed_requests_are_validation_errors() {
 async fn stream(client: &Client, text: &str) -> (String, StopReason, TokenUsage) {
     let mut out = client
         .converse_stream()
-        .model_id(PROFILE_ARN)
+        .model_id(SYSTEM_PROFILE)
         .messages(user(text))
         .send()
         .await
@@ -358,11 +277,11 @@ async fn stream(client: &Client, text: &str) -> (String, StopReason, TokenUsage)
 #[tokio::test]
 async fn converse_stream_matches_converse_exactly() {
     let emulator = start(EmulatorConfig::default()).await;
-    let client = client(emulator.addr).await;
+    let client = runtime_client(emulator.addr).await;
     let text = "Stream me a reply that spans several delta events, é included.";
     let unary = client
         .converse()
-        .model_id(PROFILE_ARN)
+        .model_id(SYSTEM_PROFILE)
         .messages(user(text))
         .send()
         .await
@@ -377,7 +296,7 @@ async fn converse_stream_matches_converse_exactly() {
 #[tokio::test]
 async fn converse_stream_faults_before_and_mid_stream() {
     let emulator = start(EmulatorConfig::default()).await;
-    let client = client(emulator.addr).await;
+    let client = runtime_client(emulator.addr).await;
     let error = client
         .converse_stream()
         .model_id(MODEL)
