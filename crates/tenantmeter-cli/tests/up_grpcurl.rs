@@ -2,7 +2,12 @@
 //! with grpcurl (1.8.6, reflection only, no proto files), stopped with SIGTERM,
 //! and started again on the same data directory.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failed unwrap is a failed test
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)] // test support: a failed unwrap is a failed test; up's log is echoed for failures
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
@@ -18,6 +23,9 @@ struct Up {
     addr: String,
     meter: String,
     emulator: String,
+    gateway: String,
+    /// Everything `up` logged on stderr so far (also echoed to ours).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 fn free_port() -> u16 {
@@ -35,17 +43,34 @@ impl Up {
         let addr = format!("127.0.0.1:{}", free_port());
         let meter = format!("127.0.0.1:{}", free_port());
         let emulator = format!("127.0.0.1:{}", free_port());
+        let gateway = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_tenantmeter"))
             .args(["up", "--data-dir"])
             .arg(data_dir)
             .args(["--pricing-listen", &addr, "--meter-listen", &meter])
-            .args(["--emulator-listen", &emulator])
+            .args(["--emulator-listen", &emulator, "--gateway-listen", &gateway])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("TENANTMETER_ADMIN_TOKEN")
+            // JSON logs: the test reads the emulator's invocation lines.
+            .args(["--log-format", "json"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = std::sync::Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let line = line.unwrap_or_default();
+                    eprintln!("{line}");
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
         let stdout = child.stdout.take().unwrap();
         let (lines, received) = mpsc::channel();
         std::thread::spawn(move || {
@@ -72,12 +97,15 @@ impl Up {
             banner.contains(&format!("emulator  {emulator}")),
             "{banner}"
         );
+        assert!(banner.contains(&format!("gateway   {gateway}")), "{banner}");
         assert!(banner.contains("grpcurl -plaintext"), "{banner}");
         Self {
             child: Some(child),
             addr,
             meter,
             emulator,
+            gateway,
+            log,
         }
     }
 
@@ -132,6 +160,23 @@ impl Up {
         let mut args: Vec<&str> = extra.to_vec();
         args.extend(["-d", &body, addr, method]);
         serde_json::from_str(&self.grpcurl(&args)).unwrap()
+    }
+
+    /// A server-streaming call: grpcurl prints one JSON document per message.
+    fn stream_at(
+        &self,
+        addr: &str,
+        extra: &[&str],
+        method: &str,
+        body: &serde_json::Value,
+    ) -> Vec<serde_json::Value> {
+        let body = body.to_string();
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["-d", &body, addr, method]);
+        serde_json::Deserializer::from_str(&self.grpcurl(&args))
+            .into_iter::<serde_json::Value>()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn meter(&self, method: &str, body: &serde_json::Value) -> serde_json::Value {
@@ -280,6 +325,93 @@ fn quickstart_with_grpcurl() {
     assert_eq!(
         history["buckets"][0]["figures"]["requests"], "3",
         "{history}"
+    );
+
+    // The gateway, as the README walks a newcomer through it: a tenant, its
+    // profile, a Converse and a ConverseStream with its key, then the meter.
+    let created = up.call_at(
+        &up.gateway,
+        &["-H", &auth],
+        "tenantmeter.v1.GatewayAdminService/CreateTenant",
+        &serde_json::json!({"tenant_id": "globex", "display_name": "Globex", "application_ids": ["chat"], "cost_center": "cc-42"}),
+    );
+    let key = created["apiKey"].as_str().unwrap().to_owned();
+    let provisioned = up.call_at(
+        &up.gateway,
+        &["-H", &auth],
+        "tenantmeter.v1.GatewayAdminService/ProvisionProfiles",
+        &serde_json::json!({"tenant_id": "globex", "aliases": [{"alias": "sonnet", "source_model_id": SONNET}]}),
+    );
+    assert_eq!(
+        provisioned["results"][0]["outcome"], "PROVISION_OUTCOME_CREATED",
+        "{provisioned}"
+    );
+    let arn = provisioned["results"][0]["inferenceProfileArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tenant_auth = format!("authorization: Bearer {key}");
+    let request = serde_json::json!({"model_alias": "sonnet",
+        "messages": [{"role": "CONVERSATION_ROLE_USER", "content": [{"text": "Hello, who are you?"}]}],
+        "inference_config": {"max_tokens": 256}});
+    let reply = up.call_at(
+        &up.gateway,
+        &["-H", &tenant_auth],
+        "tenantmeter.v1.GatewayService/Converse",
+        &request,
+    );
+    assert_eq!(
+        reply["metering"]["settlement"], "SETTLEMENT_STATUS_SETTLED",
+        "{reply}"
+    );
+    assert_eq!(reply["metering"]["inferenceProfileArn"], arn.as_str());
+    let streamed = up.stream_at(
+        &up.gateway,
+        &["-H", &tenant_auth],
+        "tenantmeter.v1.GatewayService/ConverseStream",
+        &request,
+    );
+    let last = streamed.last().unwrap();
+    assert_eq!(
+        last["metering"]["settlement"], "SETTLEMENT_STATUS_SETTLED",
+        "{streamed:?}"
+    );
+    let stream_usage = streamed.iter().find_map(|m| m.get("metadata")).unwrap()["usage"].clone();
+    assert_eq!(stream_usage, reply["usage"], "streamed and unary usage");
+    let tokens = |usage: &serde_json::Value, field: &str| -> i64 {
+        usage[field].as_str().map_or(0, |v| v.parse().unwrap())
+    };
+    let (input, output) = (
+        tokens(&reply["usage"], "inputTokens"),
+        tokens(&reply["usage"], "outputTokens"),
+    );
+    assert!(input > 0 && output > 0);
+    let usage = up.meter("GetUsage", &serde_json::json!({"tenant_id": "globex"}));
+    let month = &usage["usage"]["periods"][1]["figures"];
+    assert_eq!(month["requests"], "2", "{usage}");
+    assert_eq!(
+        tokens(&month["tokens"], "inputTokens"),
+        2 * input,
+        "{usage}"
+    );
+    assert_eq!(
+        tokens(&month["tokens"], "outputTokens"),
+        2 * output,
+        "{usage}"
+    );
+    // Claude 3.5 Sonnet: $3 and $15 per 1M tokens = 3,000 and 15,000 nano-USD per token.
+    assert_eq!(
+        month["providerCostNanosUsd"],
+        (2 * (input * 3_000 + output * 15_000)).to_string(),
+        "{usage}"
+    );
+    // Bedrock (the emulator) was called with the tenant's profile ARN, not the model id.
+    let log = up.log.lock().unwrap().clone();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("bedrock invocation")
+                && l.contains(&format!("\"modelId\":\"{arn}\""))),
+        "no emulator log line with modelId={arn}:\n{log}"
     );
     up.stop();
 
