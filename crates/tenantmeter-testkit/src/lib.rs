@@ -1,4 +1,6 @@
-//! Test support for tenantmeter services: real, throwaway Redis servers.
+//! Test support for tenantmeter services: real, throwaway Redis servers, and
+//! an in-process OTLP receiver that collects the spans a service exports
+//! ([`otlp`]).
 //!
 //! Every service's integration tests take this crate as a dev-dependency to
 //! run against a genuine `redis-server` (or a three-master Redis Cluster)
@@ -30,11 +32,13 @@
 //! ```
 
 mod cluster;
+pub mod otlp;
 mod port;
 mod server;
 mod wait;
 
 pub use cluster::{RedisCluster, RedisClusterBuilder};
+pub use otlp::{CollectedSpan, OtlpReceiver};
 pub use port::free_port;
 pub use server::{RedisServer, RedisServerBuilder};
 pub use wait::{poll_until_ok, wait_until};
