@@ -9,7 +9,7 @@
 //! meter, the emulator and the gateway, all in this process (so they share
 //! this machine's cores with the load generator, as they would on one host).
 //!
-//! `cargo run --release -p tenantmeter-gateway --example gateway_bench [-- --seconds 5 --concurrency 8 --rounds 2]`
+//! `cargo run --release -p tenantmeter-gateway --example gateway_bench [-- --seconds 5 --concurrency 8 --rounds 2 --emulator-latency-ms 0]`
 
 #![allow(
     clippy::unwrap_used,
@@ -44,6 +44,7 @@ struct Options {
     seconds: u64,
     concurrency: usize,
     rounds: usize,
+    emulator_latency_ms: u64,
 }
 
 fn options() -> Options {
@@ -51,6 +52,7 @@ fn options() -> Options {
         seconds: 5,
         concurrency: 8,
         rounds: 2,
+        emulator_latency_ms: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -60,6 +62,9 @@ fn options() -> Options {
             "--seconds" => options.seconds = value().expect("--seconds N"),
             "--concurrency" => options.concurrency = value().expect("--concurrency N") as usize,
             "--rounds" => options.rounds = value().expect("--rounds N") as usize,
+            "--emulator-latency-ms" => {
+                options.emulator_latency_ms = value().expect("--emulator-latency-ms N");
+            }
             "--help" | "-h" => {
                 println!(
                     "gateway_bench [--seconds N (per side per round, 5)] [--concurrency N (8)] [--rounds N (2)]"
@@ -144,7 +149,11 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() {
     let options = options();
-    let stack = Stack::start().await;
+    let emulator = tenantmeter_emulator::EmulatorConfig {
+        latency: Duration::from_millis(options.emulator_latency_ms),
+        ..Default::default()
+    };
+    let stack = Stack::start_with(emulator, |_| {}).await;
     let key = stack.tenant("bench", &[("sonnet", SONNET)]).await;
     stack.unlimited("bench").await;
 
@@ -236,8 +245,8 @@ async fn main() {
     let (d50, d99) = (direct.percentile(0.50), direct.percentile(0.99));
     let (g50, g99) = (through.percentile(0.50), through.percentile(0.99));
     println!(
-        "gateway_bench: Converse, {} callers, {} s x {} rounds per side, emulator latency 0",
-        options.concurrency, options.seconds, options.rounds
+        "gateway_bench: Converse, {} callers, {} s x {} rounds per side, emulator latency {} ms",
+        options.concurrency, options.seconds, options.rounds, options.emulator_latency_ms
     );
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>8}",
@@ -264,6 +273,64 @@ async fn main() {
         ms(g50.saturating_sub(d50)),
         ms(g99.saturating_sub(d99)),
         through.throughput() / direct.throughput()
+    );
+    // Where the added time goes: the meter's two round trips, sequentially,
+    // from this process (no Bedrock call between them).
+    let mut meter = stack.meter().await;
+    stack.unlimited("bench-meter").await;
+    let mut reserves = Vec::new();
+    let mut settles = Vec::new();
+    for i in 0..500 {
+        let t = Instant::now();
+        let admitted = meter
+            .reserve(pb::ReserveRequest {
+                tenant_id: "bench-meter".into(),
+                model_id: SONNET.into(),
+                estimated_input_tokens: 20,
+                max_output_tokens: i64::from(MAX_TOKENS),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        reserves.push(t.elapsed());
+        let reservation_id = match admitted.outcome {
+            Some(pb::reserve_response::Outcome::Admission(a)) => a.reservation_id,
+            other => panic!("reserve denied: {other:?}"),
+        };
+        let t = Instant::now();
+        meter
+            .settle(pb::SettleRequest {
+                reservation_id,
+                event: Some(pb::UsageEvent {
+                    event_id: format!("bench-{i}"),
+                    tenant_id: "bench-meter".into(),
+                    model_id: SONNET.into(),
+                    usage: Some(pb::TokenUsage {
+                        input_tokens: 20,
+                        output_tokens: 40,
+                        ..Default::default()
+                    }),
+                    event_time: Some(tenantmeter_runtime::clock::to_timestamp(
+                        tenantmeter_runtime::clock::Clock::now(
+                            &tenantmeter_runtime::clock::SystemClock,
+                        ),
+                    )),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        settles.push(t.elapsed());
+    }
+    let p50 = |v: &mut Vec<Duration>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    println!(
+        "meter round trips alone (1 caller): Reserve p50 {:.3} ms, Settle p50 {:.3} ms",
+        ms(p50(&mut reserves)),
+        ms(p50(&mut settles))
     );
     let month = stack.month("bench").await;
     // Every successful gateway call (probe, warm-up, measured) is settled

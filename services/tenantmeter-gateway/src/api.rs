@@ -163,6 +163,59 @@ pub(crate) fn call_span(operation: &'static str, tenant_id: &str, alias: &str) -
     )
 }
 
+/// With `gateway.log_content` on, the prompt's and the reply's text as
+/// events of the call's span (the GenAI conventions' `gen_ai.content.*`
+/// events). Off by default: they are the tenants' data.
+pub(crate) fn record_content(enabled: bool, kind: Content, text: &str) {
+    if !enabled {
+        return;
+    }
+    match kind {
+        Content::Prompt => tracing::info!(gen_ai.prompt = text, "gen_ai.content.prompt"),
+        Content::Completion => {
+            tracing::info!(gen_ai.completion = text, "gen_ai.content.completion");
+        }
+    }
+}
+
+/// Which side of a call [`record_content`] records.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Content {
+    /// What the tenant sent.
+    Prompt,
+    /// What the model answered.
+    Completion,
+}
+
+/// The text parts of a conversation, for [`record_content`].
+pub(crate) fn conversation_text(
+    system: &[tenantmeter_proto::v1::SystemContentBlock],
+    messages: &[tenantmeter_proto::v1::ConverseMessage],
+) -> String {
+    use tenantmeter_proto::v1::content_block::Block;
+    use tenantmeter_proto::v1::system_content_block::Block as SystemBlock;
+    let system = system.iter().filter_map(|b| match &b.block {
+        Some(SystemBlock::Text(text)) => Some(text.as_str()),
+        Some(SystemBlock::CachePoint(_)) | None => None,
+    });
+    let messages = messages
+        .iter()
+        .flat_map(|m| m.content.iter())
+        .filter_map(|b| match &b.block {
+            Some(Block::Text(text)) => Some(text.as_str()),
+            Some(
+                Block::Image(_)
+                | Block::Document(_)
+                | Block::ToolUse(_)
+                | Block::ToolResult(_)
+                | Block::ReasoningContent(_)
+                | Block::CachePoint(_),
+            )
+            | None => None,
+        });
+    system.chain(messages).collect::<Vec<_>>().join("\n")
+}
+
 /// Records a call's usage and settlement on its span.
 pub(crate) fn record_usage(
     span: &tracing::Span,

@@ -14,7 +14,9 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 use tracing::Instrument as _;
 
-use crate::api::{GatewayApi, GatewayStream, record_usage};
+use crate::api::{
+    Content, GatewayApi, GatewayStream, conversation_text, record_content, record_usage,
+};
 use crate::call::Admitted;
 use crate::convert::{self, ConverseParts, SdkConverseInput};
 use crate::error::{CallError, ErrorContext};
@@ -73,6 +75,11 @@ impl GatewayApi {
             .and_then(|c| c.max_tokens)
             .map_or(self.settings.default_max_output_tokens, i64::from);
         tracing::Span::current().record("gen_ai.request.max_tokens", max_output);
+        record_content(
+            self.settings.log_content,
+            Content::Prompt,
+            &conversation_text(parts.system, parts.messages),
+        );
         self.admit(
             tenant,
             parts.application_id,
@@ -114,6 +121,13 @@ impl GatewayApi {
                         let span = tracing::Span::current();
                         record_usage(&span, &usage, &metering);
                         let mut response = convert::converse_response(&output);
+                        if let Some(message) = &response.output_message {
+                            record_content(
+                                this.settings.log_content,
+                                Content::Completion,
+                                &conversation_text(&[], std::slice::from_ref(message)),
+                            );
+                        }
                         span.record(
                             "gen_ai.response.finish_reasons",
                             response.stop_reason().as_str_name(),
@@ -194,6 +208,7 @@ impl GatewayApi {
         let mut reported: Option<TokenUsage> = None;
         let mut latency_ms = 0;
         let mut output_bytes = 0_usize;
+        let mut completion = String::new();
         let mut failure = None;
         let mut client_gone = false;
         loop {
@@ -208,6 +223,13 @@ impl GatewayApi {
                         latency_ms = metadata.metrics().map_or(0, |m| m.latency_ms());
                     }
                     output_bytes += convert::delta_bytes(&event);
+                    if self.settings.log_content
+                        && let SdkEvent::ContentBlockDelta(delta) = &event
+                        && let Some(aws_sdk_bedrockruntime::types::ContentBlockDelta::Text(text)) =
+                            delta.delta()
+                    {
+                        completion.push_str(text);
+                    }
                     let Some(message) = convert::stream_event(&event) else {
                         continue;
                     };

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::Instrument as _;
 
-use crate::api::{GatewayApi, GatewayStream, record_usage};
+use crate::api::{Content, GatewayApi, GatewayStream, record_content, record_usage};
 use crate::call::Admitted;
 use crate::converse::{estimated_tokens, failure_status};
 use crate::convert;
@@ -56,6 +56,11 @@ impl GatewayApi {
             .map_err(|v| CallError::from(vec![v]).to_status(context))?
             .unwrap_or(self.settings.default_max_output_tokens);
         tracing::Span::current().record("gen_ai.request.max_tokens", max_output);
+        record_content(
+            self.settings.log_content,
+            Content::Prompt,
+            &String::from_utf8_lossy(body),
+        );
         self.admit(
             tenant,
             application_id,
@@ -116,6 +121,11 @@ impl GatewayApi {
                             .settle(&admitted, usage, estimated, headers.latency_ms)
                             .await;
                         record_usage(&tracing::Span::current(), &usage, &metering);
+                        record_content(
+                            this.settings.log_content,
+                            Content::Completion,
+                            &String::from_utf8_lossy(output.body().as_ref()),
+                        );
                         Ok(InvokeModelResponse {
                             content_type: output.content_type().to_owned(),
                             body: output.body.into_inner(),
