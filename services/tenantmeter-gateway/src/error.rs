@@ -254,3 +254,125 @@ impl CallError {
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(code: &str) -> CallError {
+        CallError::Upstream(UpstreamError::from_code(code, "Bedrock's words"))
+    }
+
+    #[test]
+    fn every_bedrock_error_type_has_its_own_code_and_reason() {
+        let cases = [
+            (
+                "ThrottlingException",
+                Code::ResourceExhausted,
+                GatewayErrorReason::UpstreamThrottled,
+            ),
+            (
+                "throttlingException",
+                Code::ResourceExhausted,
+                GatewayErrorReason::UpstreamThrottled,
+            ),
+            (
+                "ServiceQuotaExceededException",
+                Code::ResourceExhausted,
+                GatewayErrorReason::UpstreamQuotaExceeded,
+            ),
+            (
+                "ValidationException",
+                Code::InvalidArgument,
+                GatewayErrorReason::UpstreamValidation,
+            ),
+            (
+                "AccessDeniedException",
+                Code::PermissionDenied,
+                GatewayErrorReason::UpstreamAccessDenied,
+            ),
+            (
+                "ResourceNotFoundException",
+                Code::NotFound,
+                GatewayErrorReason::UpstreamNotFound,
+            ),
+            (
+                "ModelTimeoutException",
+                Code::DeadlineExceeded,
+                GatewayErrorReason::UpstreamTimeout,
+            ),
+            (
+                "ServiceUnavailableException",
+                Code::Unavailable,
+                GatewayErrorReason::UpstreamUnavailable,
+            ),
+            (
+                "InternalServerException",
+                Code::Unavailable,
+                GatewayErrorReason::UpstreamUnavailable,
+            ),
+            (
+                "ModelNotReadyException",
+                Code::Unavailable,
+                GatewayErrorReason::UpstreamModelNotReady,
+            ),
+            (
+                "ModelErrorException",
+                Code::Internal,
+                GatewayErrorReason::UpstreamModelError,
+            ),
+            (
+                "modelStreamErrorException",
+                Code::Internal,
+                GatewayErrorReason::UpstreamModelError,
+            ),
+        ];
+        for (code, grpc, reason) in cases {
+            let error = upstream(code);
+            assert_eq!(error.code(), grpc, "{code}");
+            assert_eq!(error.reason(), reason, "{code}");
+            let status = error.to_status(ErrorContext {
+                tenant_id: Some("acme"),
+                level: Level::Yellow,
+            });
+            assert!(status.message().contains("Bedrock's words"), "{code}");
+            let info = status.get_details_error_info().unwrap();
+            assert_eq!(info.domain, ERROR_DOMAIN);
+            assert_eq!(info.reason, reason.as_str_name());
+            assert_eq!(info.metadata["tenant_id"], "acme");
+            assert_eq!(info.metadata["level"], "LEVEL_YELLOW");
+        }
+    }
+
+    #[test]
+    fn a_tenant_throttle_and_an_upstream_throttle_are_told_apart() {
+        let tenant = CallError::Throttled {
+            reason: DenyReason::TokenRateLimit,
+            message: "token rate limit reached".into(),
+            retry_after: Some(Duration::from_millis(1_500)),
+            level: Level::Red,
+        }
+        .to_status(ErrorContext::default());
+        let upstream = upstream("ThrottlingException").to_status(ErrorContext::default());
+        assert_eq!(tenant.code(), upstream.code());
+        assert_ne!(
+            tenant.get_details_error_info().unwrap().reason,
+            upstream.get_details_error_info().unwrap().reason
+        );
+        assert_eq!(tenant.metadata().get("retry-after-ms").unwrap(), "1500");
+        assert_eq!(
+            tenant.metadata().get("tenantmeter-level").unwrap(),
+            "LEVEL_RED"
+        );
+        assert!(upstream.metadata().get("retry-after-ms").is_none());
+    }
+
+    #[test]
+    fn a_size_violation_wins_over_other_violations() {
+        let error = CallError::from(vec![
+            Violation::invalid("messages[0].role", "required"),
+            Violation::too_large("messages", "1001 messages; at most 1000"),
+        ]);
+        assert_eq!(error.reason(), GatewayErrorReason::PayloadTooLarge);
+    }
+}

@@ -700,3 +700,126 @@ async fn invoke_model_meters_the_token_headers_and_streams_the_same() {
     let _ = user("unused");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_bedrock_call_past_the_timeout_is_deadline_exceeded_and_released() {
+    let stack = Stack::start_with(Default::default(), |config| {
+        config.bedrock.call_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let key = stack.tenant("patient", &[("sonnet", SONNET)]).await;
+    let mut client = stack.gateway().await;
+    let prompt = format!("wait for it {}", tenantmeter_emulator::HANG_MARKER);
+    let status = client
+        .converse(bearer(&key, converse("sonnet", &prompt)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        error_reason(&status).as_deref(),
+        Some("GATEWAY_ERROR_REASON_UPSTREAM_TIMEOUT")
+    );
+    assert_eq!(
+        stack.usage("patient").await.in_flight.unwrap().reservations,
+        0
+    );
+    assert_eq!(stack.month("patient").await.requests, 0);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_a_stream_still_has_its_consumed_usage_settled() {
+    // A slow stream, so the client can leave in the middle of it.
+    let emulator = tenantmeter_emulator::EmulatorConfig {
+        tokens_per_second: 20,
+        ..Default::default()
+    };
+    let stack = Stack::start_with(emulator, |_| {}).await;
+    let key = stack.tenant("leaver", &[("sonnet", SONNET)]).await;
+    let mut client = stack.gateway().await;
+    let request = converse("sonnet", &"tell me everything about the sea. ".repeat(20));
+    let mut stream = client
+        .converse_stream(bearer(&key, converse_stream(&request)))
+        .await
+        .unwrap()
+        .into_inner();
+    // Read until the first text arrives, then hang up.
+    loop {
+        let message = stream.next().await.unwrap().unwrap();
+        if matches!(message.event, Some(Event::ContentBlockDelta(_))) {
+            break;
+        }
+    }
+    drop(stream);
+    drop(client);
+
+    let month = poll_until_ok(Duration::from_secs(30), || async {
+        let month = stack.month("leaver").await;
+        if month.requests == 1 {
+            Ok(month)
+        } else {
+            Err("the cut stream is not settled yet")
+        }
+    })
+    .await
+    .unwrap();
+    let tokens = month.tokens.unwrap();
+    assert!(tokens.input_tokens > 0, "{tokens:?}");
+    assert!(tokens.output_tokens > 0, "{tokens:?}");
+    // Less than the whole reply: only what was generated before the client left.
+    let whole = stack
+        .emulator
+        .invocations()
+        .pop()
+        .and_then(|i| i.usage)
+        .map(|u| u.output_tokens);
+    if let Some(whole) = whole {
+        assert!(tokens.output_tokens <= i64::try_from(whole).unwrap());
+    }
+    assert_eq!(
+        stack.usage("leaver").await.in_flight.unwrap().reservations,
+        0
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_policy_downgrade_serves_the_cheaper_alias_through_its_own_profile() {
+    let stack = Stack::start().await;
+    let key = stack
+        .tenant("thrifty", &[("sonnet", SONNET), ("haiku", HAIKU)])
+        .await;
+    let now = SystemClock.now();
+    stack
+        .meter()
+        .await
+        .apply_policies(pb::ApplyPoliciesRequest {
+            policies: vec![pb::TenantPolicy {
+                tenant_id: "thrifty".into(),
+                source_level: pb::Level::Orange as i32,
+                model_downgrades: [(SONNET.to_owned(), HAIKU.to_owned())].into(),
+                decided_at: Some(to_timestamp(now)),
+                expires_at: Some(to_timestamp(now + Duration::from_secs(600))),
+                reason: "level ORANGE: sustained spend".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let response = stack
+        .gateway()
+        .await
+        .converse(bearer(&key, converse("sonnet", "hello")))
+        .await
+        .unwrap()
+        .into_inner();
+    let metering = response.metering.unwrap();
+    assert_eq!(metering.model_alias, "sonnet");
+    assert_eq!(metering.served_model_alias, "haiku");
+    assert_eq!(metering.model_id, HAIKU);
+    assert_eq!(metering.level(), pb::Level::Orange);
+    let invocation = stack.emulator.invocations().pop().unwrap();
+    assert_eq!(invocation.model_id, metering.inference_profile_arn);
+    assert_eq!(invocation.resolved_model_id.as_deref(), Some(HAIKU));
+    stack.stop().await;
+}
