@@ -195,6 +195,7 @@ async fn start_emulator(config: &Config, shutdown: &Shutdown) -> anyhow::Result<
         hang_limit: section.hang_limit,
         region: section.region.clone(),
         account_id: section.account_id.clone(),
+        state_file: section.state_file.clone(),
         ..Default::default()
     };
     let run = tenantmeter_emulator::serve(listener, settings, shutdown.triggered());
@@ -296,6 +297,12 @@ async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
     let token = admin_token(config.admin_token.as_ref(), &args.data_dir)?;
     config.admin_token = Some(token);
 
+    if config.emulator.state_file.is_none() {
+        // Profiles outlive a restart of `up`, as they outlive anything in Bedrock.
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+        config.emulator.state_file = Some(args.data_dir.join("emulator-profiles.json"));
+    }
     let redis = match &args.redis_url {
         Some(_) => None,
         None => Some(RedisChild::start(&args.data_dir.join("redis")).await?),

@@ -58,6 +58,10 @@ pub(crate) struct EmulatorSection {
     pub(crate) region: String,
     /// Account in the ARNs the emulator issues and accepts. Default `123456789012`.
     pub(crate) account_id: String,
+    /// File its inference profiles are kept in across restarts. Default: none (in memory);
+    /// `up` uses `<data-dir>/emulator-profiles.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for EmulatorSection {
@@ -70,6 +74,7 @@ impl Default for EmulatorSection {
             hang_limit: tenantmeter_emulator::DEFAULT_HANG_LIMIT,
             region: tenantmeter_emulator::DEFAULT_REGION.to_owned(),
             account_id: tenantmeter_emulator::DEFAULT_ACCOUNT_ID.to_owned(),
+            state_file: None,
         }
     }
 }

@@ -425,5 +425,18 @@ fn quickstart_with_grpcurl() {
     );
     assert_eq!(plan["plan"]["planId"], "pro", "{plan}");
     assert_eq!(plan["priceBookVersion"].as_str(), Some(version.as_str()));
+    // The tenant, its key and its profile survived too (registry in Redis,
+    // profiles in the emulator's state file, as Bedrock keeps them).
+    let again = up.call_at(
+        &up.gateway,
+        &["-H", &tenant_auth],
+        "tenantmeter.v1.GatewayService/Converse",
+        &request,
+    );
+    assert_eq!(
+        again["metering"]["inferenceProfileArn"],
+        arn.as_str(),
+        "{again}"
+    );
     up.stop();
 }

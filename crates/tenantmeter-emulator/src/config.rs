@@ -1,5 +1,6 @@
 //! The emulator's knobs and their defaults.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub struct EmulatorConfig {
     pub account_id: String,
     /// Source of the profiles' `createdAt` / `updatedAt`.
     pub clock: Arc<dyn Clock>,
+    /// File the inference profiles are kept in across restarts (JSON, rewritten on every
+    /// control-plane change); `None` keeps them in memory only.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for EmulatorConfig {
@@ -56,6 +60,7 @@ impl Default for EmulatorConfig {
             region: DEFAULT_REGION.to_owned(),
             account_id: DEFAULT_ACCOUNT_ID.to_owned(),
             clock: Arc::new(SystemClock),
+            state_file: None,
         }
     }
 }

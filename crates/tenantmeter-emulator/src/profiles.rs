@@ -1,9 +1,14 @@
 //! Application inference profiles: the records behind the control-plane routes, and Bedrock's
 //! rules for them (names unique per region, idempotent `clientRequestToken`, what `copyFrom` may
-//! name, the field constraints of the API reference). Profiles live in memory only.
+//! name, the field constraints of the API reference). Profiles live in memory, and in a state
+//! file when one is configured: Bedrock keeps profiles, so a tenant provisioned before an emulator
+//! restart must still be callable after it.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
 
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
@@ -17,14 +22,14 @@ const MAX_TAGS: usize = 200;
 /// Characters of a generated profile id (Bedrock's ids are 12 lowercase letters and digits).
 const ID_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Tag {
     pub(crate) key: String,
     pub(crate) value: String,
 }
 
 /// One application inference profile.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Profile {
     /// Creation order: the list order and what a `nextToken` points at.
     sequence: u64,
@@ -60,7 +65,7 @@ pub(crate) struct ProfilePage {
     pub(crate) next_token: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Profiles {
     next_sequence: u64,
     /// In creation order.
@@ -71,13 +76,69 @@ struct Profiles {
 pub(crate) struct ProfileStore {
     account_id: String,
     profiles: Mutex<Profiles>,
+    /// Where every change is written; `None` keeps profiles in memory only.
+    state_file: Option<PathBuf>,
+}
+
+/// Reads the profiles a previous run saved; no file is no profiles.
+fn load(path: &Path) -> Result<Profiles, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Profiles::default()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Writes the profiles whole: to a temporary file, then renamed over the old one, so a crash
+/// leaves the old or the new state, never half of one.
+fn save(path: &Path, profiles: &Profiles) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(profiles).map_err(std::io::Error::other)?;
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, path)
 }
 
 impl ProfileStore {
-    pub(crate) fn new(account_id: String) -> Self {
+    /// A store of `account_id`'s profiles, loaded from and saved to `state_file` when given. A
+    /// state file that cannot be read is reported and left alone (the store then keeps its
+    /// profiles in memory only, rather than overwrite what an operator may want back).
+    pub(crate) fn new(account_id: String, state_file: Option<PathBuf>) -> Self {
+        let (profiles, state_file) = match state_file {
+            None => (Profiles::default(), None),
+            Some(path) => match load(&path) {
+                Ok(profiles) => {
+                    if !profiles.all.is_empty() {
+                        tracing::info!(
+                            profiles = profiles.all.len(),
+                            file = %path.display(),
+                            "inference profiles restored"
+                        );
+                    }
+                    (profiles, Some(path))
+                }
+                Err(error) => {
+                    tracing::error!(
+                        %error,
+                        file = %path.display(),
+                        "cannot read the saved inference profiles; keeping profiles in memory only"
+                    );
+                    (Profiles::default(), None)
+                }
+            },
+        };
         Self {
             account_id,
-            profiles: Mutex::new(Profiles::default()),
+            profiles: Mutex::new(profiles),
+            state_file,
+        }
+    }
+
+    /// Saves the profiles after a change, when a state file is configured.
+    fn persist(&self, profiles: &Profiles) {
+        if let Some(path) = &self.state_file
+            && let Err(error) = save(path, profiles)
+        {
+            tracing::error!(%error, file = %path.display(), "cannot save the inference profiles");
         }
     }
 
@@ -142,6 +203,7 @@ impl ProfileStore {
             client_request_token: new.client_request_token,
         };
         profiles.all.push(profile.clone());
+        self.persist(&profiles);
         Ok(profile)
     }
 
@@ -222,6 +284,7 @@ impl ProfileStore {
             .position(|p| p.region == region && (p.id == identifier || p.arn == identifier))
             .ok_or_else(|| not_found(identifier))?;
         profiles.all.remove(index);
+        self.persist(&profiles);
         Ok(())
     }
 
@@ -254,6 +317,7 @@ impl ProfileStore {
             return Err(too_many_tags());
         }
         profile.tags = merged;
+        self.persist(&profiles);
         Ok(())
     }
 
@@ -271,6 +335,7 @@ impl ProfileStore {
             .find(|p| p.region == region && p.arn == arn)
             .ok_or_else(|| not_found(arn))?;
         profile.tags.retain(|t| !keys.contains(&t.key));
+        self.persist(&profiles);
         Ok(())
     }
 
@@ -425,7 +490,7 @@ mod tests {
 
     #[test]
     fn list_pages_by_creation_order_within_the_region() {
-        let store = ProfileStore::new("123456789012".to_owned());
+        let store = ProfileStore::new("123456789012".to_owned(), None);
         let source = format!("arn:aws:bedrock:us-east-1::foundation-model/{HAIKU}");
         for name in ["a", "b", "c"] {
             store

@@ -78,7 +78,7 @@ impl Emulator {
     pub fn new(config: EmulatorConfig) -> Self {
         let shared = Shared {
             cache: PromptCache::new(config.cache_capacity),
-            profiles: ProfileStore::new(config.account_id.clone()),
+            profiles: ProfileStore::new(config.account_id.clone(), config.state_file.clone()),
             invocations: InvocationLog::new(config.invocation_capacity),
             requests: AtomicU64::new(0),
             stopping: CancellationToken::new(),

@@ -468,3 +468,69 @@ async fn fault_markers_in_name_or_description_fail_the_create() {
     // None of the failed creates left a profile behind.
     create_profile(&client, "acme", &source).await;
 }
+
+#[tokio::test]
+async fn profiles_outlive_a_restart_with_a_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EmulatorConfig {
+        state_file: Some(dir.path().join("profiles.json")),
+        ..EmulatorConfig::default()
+    };
+    let first = start(config()).await;
+    let client = control_client(first.addr).await;
+    let arn = create_profile(
+        &client,
+        "tenant-acme-haiku",
+        &foundation_model_arn(REGION, MODEL),
+    )
+    .await;
+    client
+        .tag_resource()
+        .resource_arn(&arn)
+        .tags(tag("TenantID", "acme"))
+        .send()
+        .await
+        .unwrap();
+    first.shut_down().await.unwrap();
+
+    let second = start(config()).await;
+    let client = control_client(second.addr).await;
+    let got = client
+        .get_inference_profile()
+        .inference_profile_identifier(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.inference_profile_name(), "tenant-acme-haiku");
+    let tags = client
+        .list_tags_for_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tag_pairs(tags.tags()), [("TenantID", "acme")]);
+    // Calls through it still run on its model.
+    let reply = support::runtime_client(second.addr)
+        .await
+        .converse()
+        .model_id(&arn)
+        .messages(support::user("still there?"))
+        .send()
+        .await
+        .unwrap();
+    assert!(reply.usage().unwrap().output_tokens() > 0);
+    assert_eq!(
+        second.emulator.invocations()[0]
+            .resolved_model_id
+            .as_deref(),
+        Some(MODEL)
+    );
+    // A name is still taken after the restart.
+    let error = create_error(
+        &client,
+        "tenant-acme-haiku",
+        &foundation_model_arn(REGION, MODEL),
+    )
+    .await;
+    assert!(error.is_conflict_exception(), "{error:?}");
+}
