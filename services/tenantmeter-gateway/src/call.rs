@@ -264,8 +264,11 @@ impl CallPath {
                     metering.level = response.level;
                 }
             }
-            Settlement::Spooled | Settlement::Lost(_) => {
+            Settlement::Spooled => {
                 metering.settlement = SettlementStatus::Spooled as i32;
+            }
+            Settlement::Lost(_) => {
+                metering.settlement = SettlementStatus::Unrecorded as i32;
             }
         }
         metering
