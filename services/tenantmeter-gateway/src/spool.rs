@@ -667,38 +667,15 @@ fn to_u64(n: usize) -> u64 {
 }
 
 // ---------------------------------------------------------------------------
-// CRC-32 (IEEE 802.3, reflected, as zlib and crc32fast): small enough to own
-// rather than add a dependency for.
-
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0_u32; 256];
-    let mut n = 0_u32;
-    while n < 256 {
-        let mut c = n;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 == 1 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[n as usize] = c;
-        n += 1;
-    }
-    table
-};
+// CRC-32 (IEEE 802.3, as zlib), from crc32fast: hardware-accelerated where
+// the CPU has it, and a file format other tools can check.
 
 fn crc32(parts: &[&[u8]]) -> u32 {
-    let mut crc = !0_u32;
+    let mut hasher = crc32fast::Hasher::new();
     for part in parts {
-        for &byte in *part {
-            let index = usize::from(crc.to_le_bytes()[0] ^ byte);
-            crc = CRC_TABLE[index] ^ (crc >> 8);
-        }
+        hasher.update(part);
     }
-    !crc
+    hasher.finalize()
 }
 
 // ---------------------------------------------------------------------------
