@@ -46,6 +46,11 @@ use crate::provision::{ProvisionConfig, Provisioner, TagKeys};
 use crate::registry::{Registry, RegistryError};
 use crate::spool::{Spool, SpoolError};
 
+/// Health service name under which the gateway reports whether every
+/// settlement reached the meter (NOT_SERVING while some wait in the spool),
+/// beside `tenantmeter.v1.GatewayService`, which keeps serving meanwhile.
+pub const SETTLEMENTS_HEALTH: &str = "tenantmeter.gateway.settlements";
+
 /// How long start-up waits for the first price book before serving anyway
 /// (ProvisionProfiles then answers UNAVAILABLE until it arrives).
 const PRICE_BOOK_WAIT: Duration = Duration::from_secs(10);
@@ -200,12 +205,46 @@ pub async fn run(
             admin,
             AdminAuth::new(deps.admin_token),
         ));
+    let health = HealthHandle::new();
+    shutdown.spawn(watch_settlements(spool, health.clone(), shutdown.clone()));
     serve(
         ServeOptions::new(listener, config.server()),
         services,
-        &HealthHandle::new(),
+        &health,
         shutdown,
     )
     .await?;
     Ok(())
+}
+
+/// Reports [`SETTLEMENTS_HEALTH`] NOT_SERVING while settlements wait in the
+/// spool (the meter is not taking them), SERVING once it is empty, and logs
+/// each change: `grpc.health.v1.Health/Check` with this name tells an SRE at
+/// once that usage is being held back, without reading the spool directory.
+async fn watch_settlements(spool: Spool, health: HealthHandle, shutdown: Shutdown) {
+    let mut pending = spool.watch_pending();
+    let mut spooling = None;
+    loop {
+        let now = *pending.borrow_and_update() > 0;
+        if spooling != Some(now) {
+            if now {
+                health.set_not_serving(SETTLEMENTS_HEALTH).await;
+                tracing::warn!(
+                    pending = spool.pending(),
+                    dir = %spool.dir().display(),
+                    "settlements are being spooled: the meter is not taking them"
+                );
+            } else {
+                health.set_serving(SETTLEMENTS_HEALTH).await;
+                if spooling.is_some() {
+                    tracing::info!("the spool is empty: every settlement reached the meter");
+                }
+            }
+            spooling = Some(now);
+        }
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            changed = pending.changed() => if changed.is_err() { return },
+        }
+    }
 }

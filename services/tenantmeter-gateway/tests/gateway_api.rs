@@ -17,6 +17,8 @@ use tenantmeter_runtime::clock::{Clock as _, SystemClock, to_timestamp};
 use tenantmeter_runtime::error::error_reason;
 use tenantmeter_testkit::poll_until_ok;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 fn text_of(message: &pb::ConverseMessage) -> String {
     message
@@ -556,6 +558,17 @@ async fn a_meter_denial_is_resource_exhausted_with_reason_level_and_retry_after(
     stack.stop().await;
 }
 
+async fn settlements_health(stack: &Stack) -> i32 {
+    HealthClient::new(support::channel(stack.gateway_addr).await)
+        .check(HealthCheckRequest {
+            service: tenantmeter_gateway::SETTLEMENTS_HEALTH.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
 #[tokio::test]
 async fn settlements_the_meter_cannot_take_are_spooled_and_replayed_exactly_once() {
     let mut stack = Stack::start().await;
@@ -606,6 +619,12 @@ async fn settlements_the_meter_cannot_take_are_spooled_and_replayed_exactly_once
         add(&mut expected, response.usage.as_ref().unwrap());
     }
 
+    // Ops see it without reading the spool directory.
+    assert_eq!(
+        settlements_health(&stack).await,
+        ServingStatus::NotServing as i32
+    );
+
     // Back: the spool drains, and the totals are exact.
     stack.start_meter().await;
     let settled = poll_until_ok(Duration::from_secs(30), || async {
@@ -619,6 +638,16 @@ async fn settlements_the_meter_cannot_take_are_spooled_and_replayed_exactly_once
     .await
     .expect("every spooled settlement replayed");
     assert_eq!(settled.tokens.unwrap(), expected);
+    poll_until_ok(Duration::from_secs(10), || async {
+        let status = settlements_health(&stack).await;
+        if status == ServingStatus::Serving as i32 {
+            Ok(())
+        } else {
+            Err(format!("settlements health {status}"))
+        }
+    })
+    .await
+    .unwrap();
     // A later call settles directly again.
     let response = client
         .converse(bearer(&key, converse("sonnet", "after")))
