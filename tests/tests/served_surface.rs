@@ -215,3 +215,87 @@ async fn meter_serves_health_and_reflection() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn gateway_serves_health_and_reflection_with_error_details() {
+    // The gateway starts without reaching the meter or Bedrock (both are
+    // called per request); it needs its registry's Redis and pricing.
+    let redis = RedisServer::start().await.unwrap();
+    let shutdown = Shutdown::new();
+    let pricing_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pricing_addr = pricing_listener.local_addr().unwrap();
+    let pricing = tokio::spawn(tenantmeter_pricing::run(
+        PricingConfig::default(),
+        PricingDeps {
+            redis_url: redis.url(),
+            admin_token: None,
+        },
+        pricing_listener,
+        shutdown.clone(),
+    ));
+    let spool = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gateway = tokio::spawn(tenantmeter_gateway::run(
+        tenantmeter_gateway::GatewayConfig {
+            pricing_url: format!("http://{pricing_addr}"),
+            spool_dir: spool.path().join("spool"),
+            ..Default::default()
+        },
+        tenantmeter_gateway::GatewayDeps {
+            redis_url: redis.url(),
+            admin_token: None,
+            clock: std::sync::Arc::new(tenantmeter_runtime::clock::SystemClock),
+        },
+        listener,
+        shutdown.clone(),
+    ));
+    let serving = ServingStatus::Serving as i32;
+    poll_until_ok(Duration::from_secs(30), || async {
+        match status(addr, "tenantmeter.v1.GatewayService").await {
+            Ok(code) if code == serving => Ok(()),
+            Ok(code) => Err(format!("status {code}")),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        list_v1alpha(addr).await,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "tenantmeter.v1.GatewayAdminService",
+            "tenantmeter.v1.GatewayService",
+        ]
+    );
+    assert_eq!(
+        status(addr, tenantmeter_gateway::SETTLEMENTS_HEALTH)
+            .await
+            .unwrap(),
+        serving
+    );
+    for symbol in [
+        "tenantmeter.v1.GatewayService",
+        "tenantmeter.v1.GatewayAdminService",
+        // What error details are made of, so grpcurl can print them.
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.RetryInfo",
+    ] {
+        assert!(describe_v1(addr, symbol).await > 0, "{symbol}");
+    }
+    shutdown.trigger();
+    let drained = Duration::from_secs(40);
+    tokio::time::timeout(drained, gateway)
+        .await
+        .expect("drained in time")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(drained, pricing)
+        .await
+        .expect("drained in time")
+        .unwrap()
+        .unwrap();
+}
