@@ -98,7 +98,13 @@ impl GatewayApi {
     ) -> Result<ConverseResponse, Status> {
         let parts = ConverseParts::from(&request);
         let admitted = self.admit_converse(tenant, &parts).await?;
-        let input = sdk_input(&parts, &admitted)?;
+        let input = match sdk_input(&parts, &admitted) {
+            Ok(input) => input,
+            Err(status) => {
+                self.path.release(&admitted).await;
+                return Err(status);
+            }
+        };
         let call = input.apply_to_converse(
             self.bedrock
                 .converse()
@@ -159,7 +165,13 @@ impl GatewayApi {
     ) -> Result<GatewayStream<ConverseStreamResponse>, Status> {
         let parts = ConverseParts::from(&request);
         let admitted = self.admit_converse(tenant, &parts).await?;
-        let input = sdk_input(&parts, &admitted)?;
+        let input = match sdk_input(&parts, &admitted) {
+            Ok(input) => input,
+            Err(status) => {
+                self.path.release(&admitted).await;
+                return Err(status);
+            }
+        };
         let call = input.apply_to_converse_stream(
             self.bedrock
                 .converse_stream()
