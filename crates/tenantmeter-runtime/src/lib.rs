@@ -16,7 +16,8 @@
 //!
 //! Handlers use [`error`] to build rich `tonic::Status`es, [`auth::AdminAuth`] to guard
 //! admin services, [`client::connect`] to call other services (trace context included), and
-//! a [`clock::Clock`] instead of the system time.
+//! a [`clock::Clock`] instead of the system time, and
+//! [`redis_connection::RedisConnection`] to reach Redis or a Redis Cluster.
 //!
 //! Everything that makes tests flaky is injected: the environment (a map, never the process
 //! env), the listener (bind port 0), the shutdown signal and the clock.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod redis_connection;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

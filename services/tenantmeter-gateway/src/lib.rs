@@ -33,6 +33,7 @@ use tenantmeter_runtime::auth::AdminAuth;
 use tenantmeter_runtime::client::{self, ClientOptions};
 use tenantmeter_runtime::clock::Clock;
 use tenantmeter_runtime::error::RuntimeError;
+use tenantmeter_runtime::redis_connection::split_urls;
 use tenantmeter_runtime::server::{HealthHandle, ServeOptions, Services, serve};
 use tenantmeter_runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
@@ -91,12 +92,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
-    let urls: Vec<String> = deps
-        .redis_url
-        .split(',')
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
-        .collect();
+    let urls = split_urls(&deps.redis_url);
     let registry = Registry::connect(
         &urls,
         config.redis_cluster,

@@ -25,6 +25,7 @@ use tenantmeter_proto::v1::pricing_service_client::PricingServiceClient;
 use tenantmeter_runtime::client::{self, ClientOptions};
 use tenantmeter_runtime::clock::Clock;
 use tenantmeter_runtime::error::RuntimeError;
+use tenantmeter_runtime::redis_connection::split_urls;
 use tenantmeter_runtime::server::{HealthHandle, ServeOptions, Services, serve};
 use tenantmeter_runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
@@ -76,12 +77,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
-    let urls: Vec<String> = deps
-        .redis_url
-        .split(',')
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
-        .collect();
+    let urls = split_urls(&deps.redis_url);
     let retention = Retention {
         // An event can be counted until it is `allowed_lateness` old; its mark
         // must outlive that, plus the skew it may have arrived early by.

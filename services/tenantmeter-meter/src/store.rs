@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::Value;
 use tenantmeter_domain::ids::TenantId;
 use tenantmeter_domain::usage::TokenUsage;
 use tenantmeter_domain::window::{CalendarPeriod, Window, day_index, hour_index, month_index};
@@ -28,51 +26,8 @@ pub enum StoreError {
     Reply(String),
 }
 
-/// One connection kind or the other, behind redis-rs's `ConnectionLike`.
-#[derive(Clone)]
-pub enum Connection {
-    /// A single redis-server; reconnects on its own.
-    Single(ConnectionManager),
-    /// A Redis Cluster; routes each call to its slot's master.
-    Cluster(ClusterConnection),
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Single(_) => "Connection::Single",
-            Self::Cluster(_) => "Connection::Cluster",
-        })
-    }
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
-        }
-    }
-}
+/// The meter's connection: one server or a cluster.
+pub use tenantmeter_runtime::redis_connection::RedisConnection as Connection;
 
 /// Retention and dedupe settings the scripts need.
 #[derive(Debug, Clone, Copy)]
@@ -347,26 +302,7 @@ impl MeterStore {
         timeout: Duration,
         retention: Retention,
     ) -> Result<Self, StoreError> {
-        let conn = if cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .build()?;
-            Connection::Cluster(client.get_async_connection().await?)
-        } else {
-            let url = urls
-                .first()
-                .ok_or_else(|| StoreError::Reply("no redis url".to_owned()))?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1);
-            Connection::Single(
-                redis::Client::open(url.as_str())?
-                    .get_connection_manager_with_config(config)
-                    .await?,
-            )
-        };
+        let conn = Connection::connect(urls, cluster, timeout).await?;
         Ok(Self {
             conn,
             retention,

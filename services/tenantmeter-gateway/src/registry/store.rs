@@ -25,9 +25,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tenantmeter_domain::ids::TenantId;
 
 use super::RegistryError;
@@ -122,52 +119,7 @@ redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'tenant', t
 return {'ok', tostring(seq)}
 ";
 
-/// One connection kind or the other, behind redis-rs's `ConnectionLike`
-/// (the meter's pattern).
-#[derive(Clone)]
-pub(crate) enum Connection {
-    /// A single redis-server; reconnects on its own.
-    Single(ConnectionManager),
-    /// A Redis Cluster; routes each call to its slot's master.
-    Cluster(ClusterConnection),
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Single(_) => "Connection::Single",
-            Self::Cluster(_) => "Connection::Cluster",
-        })
-    }
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
-        }
-    }
-}
+use tenantmeter_runtime::redis_connection::RedisConnection as Connection;
 
 /// One stream entry as read: id and fields.
 type StreamEntry = (String, HashMap<String, String>);
@@ -218,27 +170,7 @@ impl Store {
         cluster: bool,
         timeout: Duration,
     ) -> Result<Self, RegistryError> {
-        let conn = if cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .build()?;
-            Connection::Cluster(client.get_async_connection().await?)
-        } else {
-            let url = urls.first().ok_or_else(|| RegistryError::InvalidArgument {
-                field: "redis_url".to_owned(),
-                reason: "no redis url".to_owned(),
-            })?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1);
-            Connection::Single(
-                redis::Client::open(url.as_str())?
-                    .get_connection_manager_with_config(config)
-                    .await?,
-            )
-        };
+        let conn = Connection::connect(urls, cluster, timeout).await?;
         Ok(Self {
             conn,
             put: redis::Script::new(PUT_V1),
