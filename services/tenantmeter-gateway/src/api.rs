@@ -18,10 +18,17 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
+use std::future::Future;
+
+use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
 use crate::call::{Admitted, CallPath};
 use crate::convert::Limits;
 use crate::error::{CallError, ErrorContext};
 use crate::registry::model::TenantRecord;
+use crate::upstream::UpstreamError;
 
 /// A server stream of the gateway.
 pub type GatewayStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -129,6 +136,93 @@ impl GatewayApi {
                     level,
                 }))
             }
+        }
+    }
+}
+
+/// Messages buffered between Bedrock and a slow client; past this the
+/// gateway reads Bedrock no faster than the client reads the gateway.
+const STREAM_BUFFER: usize = 64;
+
+impl GatewayApi {
+    /// A Bedrock call that failed before producing anything: its reservation
+    /// is released (Bedrock bills nothing for a failed call) and Bedrock's
+    /// error answered.
+    pub(crate) async fn upstream_failed<E, R>(
+        &self,
+        admitted: &Admitted,
+        error: &SdkError<E, R>,
+    ) -> Status
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + 'static,
+    {
+        self.path.release(admitted).await;
+        let error = CallError::Upstream(UpstreamError::from_sdk(error));
+        tracing::Span::current().record("error.type", error.reason().as_str_name());
+        error.to_status(admitted.context())
+    }
+
+    /// Runs a unary call's Bedrock request and settlement (`work`) in a
+    /// tracked task of its own: if the client goes away, the call still
+    /// finishes and its usage is still settled.
+    pub(crate) async fn run_unary<T, Work>(&self, work: Work) -> Result<T, Status>
+    where
+        Work: Future<Output = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.tasks
+            .spawn(work.instrument(tracing::Span::current()))
+            .await
+            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+    }
+
+    /// Starts a streamed call in a tracked task of its own: `send` opens
+    /// Bedrock's stream (a failure releases the reservation and is the call's
+    /// answer), then `pump` forwards it to the client and settles. Returns
+    /// the client's stream once Bedrock answered.
+    pub(crate) async fn run_stream<T, O, E, R, Send, Pump, Pumped>(
+        &self,
+        admitted: Admitted,
+        span: tracing::Span,
+        send: Send,
+        pump: Pump,
+    ) -> Result<GatewayStream<T>, Status>
+    where
+        T: std::marker::Send + 'static,
+        O: std::marker::Send + 'static,
+        E: ProvideErrorMetadata + std::error::Error + std::marker::Send + Sync + 'static,
+        R: std::fmt::Debug + std::marker::Send + Sync + 'static,
+        Send: Future<Output = Result<O, SdkError<E, R>>> + std::marker::Send + 'static,
+        Pump: FnOnce(GatewayApi, Admitted, O, mpsc::Sender<Result<T, Status>>) -> Pumped
+            + std::marker::Send
+            + 'static,
+        Pumped: Future<Output = ()> + std::marker::Send,
+    {
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let (started, start) = oneshot::channel();
+        let this = self.clone();
+        self.tasks.spawn(
+            async move {
+                match send.await {
+                    Ok(output) => {
+                        let _ = started.send(Ok(()));
+                        pump(this, admitted, output, sender).await;
+                    }
+                    Err(error) => {
+                        let status = this.upstream_failed(&admitted, &error).await;
+                        let _ = started.send(Err(status));
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        match start.await {
+            Ok(Ok(())) => Ok(Box::pin(ReceiverStream::new(receiver))),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::internal(
+                "the call's task ended before Bedrock answered",
+            )),
         }
     }
 }

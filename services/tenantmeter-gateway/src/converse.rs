@@ -8,11 +8,9 @@ use tenantmeter_proto::v1::{
     CallMetering, ConverseRequest, ConverseResponse, ConverseStreamRequest, ConverseStreamResponse,
     TokenUsage,
 };
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
-use tracing::Instrument as _;
 
 use crate::api::{
     Content, GatewayApi, GatewayStream, conversation_text, record_content, record_usage,
@@ -22,10 +20,6 @@ use crate::convert::{self, ConverseParts, SdkConverseInput};
 use crate::error::{CallError, ErrorContext};
 use crate::registry::model::TenantRecord;
 use crate::upstream::UpstreamError;
-
-/// Messages buffered between Bedrock and a slow client; past this the
-/// gateway reads Bedrock no faster than the client reads the gateway.
-const STREAM_BUFFER: usize = 64;
 
 /// Trailer naming the usage event a failed stream settled.
 pub(crate) const USAGE_EVENT_TRAILER: &str = "tenantmeter-usage-event-id";
@@ -46,18 +40,29 @@ pub(crate) fn failure_status(error: &CallError, admitted: &Admitted) -> Status {
     status
 }
 
-/// The SDK's request. Validation already refused what the SDK cannot
-/// express, so a failure here is the gateway's bug, reported as INTERNAL
-/// naming the field.
-fn sdk_input(parts: &ConverseParts<'_>, admitted: &Admitted) -> Result<SdkConverseInput, Status> {
-    convert::sdk_converse_input(parts, &admitted.tenant.tenant_id, &admitted.application_id)
-        .map_err(|e| {
-            tracing::error!(error = %e, "a validated request could not be converted");
-            Status::internal(format!("cannot convert the request: {e}"))
-        })
-}
-
 impl GatewayApi {
+    /// The SDK's request. Validation already refused what the SDK cannot
+    /// express, so a failure here is the gateway's bug: the reservation is
+    /// released and the call answered INTERNAL naming the field.
+    async fn sdk_input(
+        &self,
+        parts: &ConverseParts<'_>,
+        admitted: &Admitted,
+    ) -> Result<SdkConverseInput, Status> {
+        match convert::sdk_converse_input(
+            parts,
+            &admitted.tenant.tenant_id,
+            &admitted.application_id,
+        ) {
+            Ok(input) => Ok(input),
+            Err(e) => {
+                tracing::error!(error = %e, "a validated request could not be converted");
+                self.path.release(admitted).await;
+                Err(Status::internal(format!("cannot convert the request: {e}")))
+            }
+        }
+    }
+
     /// Validates, reserves and admits a Converse-shaped call.
     async fn admit_converse(
         &self,
@@ -98,62 +103,42 @@ impl GatewayApi {
     ) -> Result<ConverseResponse, Status> {
         let parts = ConverseParts::from(&request);
         let admitted = self.admit_converse(tenant, &parts).await?;
-        let input = match sdk_input(&parts, &admitted) {
-            Ok(input) => input,
-            Err(status) => {
-                self.path.release(&admitted).await;
-                return Err(status);
-            }
-        };
+        let input = self.sdk_input(&parts, &admitted).await?;
         let call = input.apply_to_converse(
             self.bedrock
                 .converse()
                 .model_id(&admitted.route.profile_arn),
         );
         let this = self.clone();
-        let span = tracing::Span::current();
-        // Its own task: if the client goes away, the call still finishes and
-        // its usage is still settled.
-        let task = self.tasks.spawn(
-            async move {
-                match call.send().await {
-                    Ok(output) => {
-                        let usage = output
-                            .usage()
-                            .map(convert::usage_to_proto)
-                            .unwrap_or_default();
-                        let latency_ms = output.metrics().map_or(0, |m| m.latency_ms());
-                        let metering = this.path.settle(&admitted, usage, false, latency_ms).await;
-                        let span = tracing::Span::current();
-                        record_usage(&span, &usage, &metering);
-                        let mut response = convert::converse_response(&output);
-                        if let Some(message) = &response.output_message {
-                            record_content(
-                                this.settings.log_content,
-                                Content::Completion,
-                                &conversation_text(&[], std::slice::from_ref(message)),
-                            );
-                        }
-                        span.record(
-                            "gen_ai.response.finish_reasons",
-                            response.stop_reason().as_str_name(),
-                        );
-                        response.metering = Some(metering);
-                        Ok(response)
-                    }
-                    Err(error) => {
-                        // Bedrock consumed nothing it bills for a failed call.
-                        this.path.release(&admitted).await;
-                        let error = CallError::Upstream(UpstreamError::from_sdk(&error));
-                        tracing::Span::current().record("error.type", error.reason().as_str_name());
-                        Err(error.to_status(admitted.context()))
-                    }
-                }
+        self.run_unary(async move {
+            let output = match call.send().await {
+                Ok(output) => output,
+                Err(error) => return Err(this.upstream_failed(&admitted, &error).await),
+            };
+            let usage = output
+                .usage()
+                .map(convert::usage_to_proto)
+                .unwrap_or_default();
+            let latency_ms = output.metrics().map_or(0, |m| m.latency_ms());
+            let metering = this.path.settle(&admitted, usage, false, latency_ms).await;
+            let span = tracing::Span::current();
+            record_usage(&span, &usage, &metering);
+            let mut response = convert::converse_response(&output);
+            if let Some(message) = &response.output_message {
+                record_content(
+                    this.settings.log_content,
+                    Content::Completion,
+                    &conversation_text(&[], std::slice::from_ref(message)),
+                );
             }
-            .instrument(span),
-        );
-        task.await
-            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+            span.record(
+                "gen_ai.response.finish_reasons",
+                response.stop_reason().as_str_name(),
+            );
+            response.metering = Some(metering);
+            Ok(response)
+        })
+        .await
     }
 
     /// ConverseStream: Bedrock's events as they come, then the metering.
@@ -165,45 +150,21 @@ impl GatewayApi {
     ) -> Result<GatewayStream<ConverseStreamResponse>, Status> {
         let parts = ConverseParts::from(&request);
         let admitted = self.admit_converse(tenant, &parts).await?;
-        let input = match sdk_input(&parts, &admitted) {
-            Ok(input) => input,
-            Err(status) => {
-                self.path.release(&admitted).await;
-                return Err(status);
-            }
-        };
+        let input = self.sdk_input(&parts, &admitted).await?;
         let call = input.apply_to_converse_stream(
             self.bedrock
                 .converse_stream()
                 .model_id(&admitted.route.profile_arn),
         );
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let (started, start) = oneshot::channel();
-        let this = self.clone();
-        self.tasks.spawn(
-            async move {
-                let output = match call.send().await {
-                    Ok(output) => output,
-                    Err(error) => {
-                        this.path.release(&admitted).await;
-                        let error = CallError::Upstream(UpstreamError::from_sdk(&error));
-                        tracing::Span::current().record("error.type", error.reason().as_str_name());
-                        let _ = started.send(Err(error.to_status(admitted.context())));
-                        return;
-                    }
-                };
-                let _ = started.send(Ok(()));
+        self.run_stream(
+            admitted,
+            span,
+            call.send(),
+            |this, admitted, output, sender| async move {
                 this.pump_converse(admitted, output.stream, sender).await;
-            }
-            .instrument(span),
-        );
-        match start.await {
-            Ok(Ok(())) => Ok(Box::pin(ReceiverStream::new(receiver))),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(Status::internal(
-                "the call's task ended before Bedrock answered",
-            )),
-        }
+            },
+        )
+        .await
     }
 
     /// Forwards a ConverseStream's events to the client until it ends, fails

@@ -11,10 +11,8 @@ use tenantmeter_proto::v1::{
     InvokeModelRequest, InvokeModelResponse, InvokeModelStreamMetadata,
     InvokeModelWithResponseStreamRequest, InvokeModelWithResponseStreamResponse, Level, TokenUsage,
 };
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::mpsc;
 use tonic::Status;
-use tracing::Instrument as _;
 
 use crate::api::{Content, GatewayApi, GatewayStream, record_content, record_usage};
 use crate::call::Admitted;
@@ -23,8 +21,6 @@ use crate::convert;
 use crate::error::{CallError, ErrorContext, Violation};
 use crate::registry::model::TenantRecord;
 use crate::upstream::{CaptureInvokeHeaders, UpstreamError};
-
-const STREAM_BUFFER: usize = 64;
 
 const JSON: &str = "application/json";
 
@@ -96,56 +92,45 @@ impl GatewayApi {
             .customize()
             .interceptor(capture.clone());
         let this = self.clone();
-        let task = self.tasks.spawn(
-            async move {
-                match call.send().await {
-                    Ok(output) => {
-                        let headers = capture.take().unwrap_or_default();
-                        let (usage, estimated) = if headers.has_usage {
-                            (headers.usage, false)
-                        } else {
-                            // No counts from Bedrock: the model-native body may
-                            // still say; else the estimate.
-                            let body = output.body().as_ref();
-                            (
-                                TokenUsage {
-                                    input_tokens: admitted.estimated_input_tokens,
-                                    output_tokens: estimated_tokens(body.len()),
-                                    ..TokenUsage::default()
-                                },
-                                true,
-                            )
-                        };
-                        let metering = this
-                            .path
-                            .settle(&admitted, usage, estimated, headers.latency_ms)
-                            .await;
-                        record_usage(&tracing::Span::current(), &usage, &metering);
-                        record_content(
-                            this.settings.log_content,
-                            Content::Completion,
-                            &String::from_utf8_lossy(output.body().as_ref()),
-                        );
-                        Ok(InvokeModelResponse {
-                            content_type: output.content_type().to_owned(),
-                            body: output.body.into_inner(),
-                            usage: Some(usage),
-                            latency_ms: headers.latency_ms,
-                            metering: Some(metering),
-                        })
-                    }
-                    Err(error) => {
-                        this.path.release(&admitted).await;
-                        let error = CallError::Upstream(UpstreamError::from_sdk(&error));
-                        tracing::Span::current().record("error.type", error.reason().as_str_name());
-                        Err(error.to_status(admitted.context()))
-                    }
-                }
-            }
-            .instrument(tracing::Span::current()),
-        );
-        task.await
-            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+        self.run_unary(async move {
+            let output = match call.send().await {
+                Ok(output) => output,
+                Err(error) => return Err(this.upstream_failed(&admitted, &error).await),
+            };
+            let headers = capture.take().unwrap_or_default();
+            let (usage, estimated) = if headers.has_usage {
+                (headers.usage, false)
+            } else {
+                // Bedrock sent no counts: the reservation's input estimate,
+                // and the body's length for the output.
+                (
+                    TokenUsage {
+                        input_tokens: admitted.estimated_input_tokens,
+                        output_tokens: estimated_tokens(output.body().as_ref().len()),
+                        ..TokenUsage::default()
+                    },
+                    true,
+                )
+            };
+            let metering = this
+                .path
+                .settle(&admitted, usage, estimated, headers.latency_ms)
+                .await;
+            record_usage(&tracing::Span::current(), &usage, &metering);
+            record_content(
+                this.settings.log_content,
+                Content::Completion,
+                &String::from_utf8_lossy(output.body().as_ref()),
+            );
+            Ok(InvokeModelResponse {
+                content_type: output.content_type().to_owned(),
+                body: output.body.into_inner(),
+                usage: Some(usage),
+                latency_ms: headers.latency_ms,
+                metering: Some(metering),
+            })
+        })
+        .await
     }
 
     /// InvokeModelWithResponseStream.
@@ -170,33 +155,15 @@ impl GatewayApi {
             .body(Blob::new(request.body))
             .content_type(or_json(&request.content_type))
             .accept(or_json(&request.accept));
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let (started, start) = oneshot::channel();
-        let this = self.clone();
-        self.tasks.spawn(
-            async move {
-                let output = match call.send().await {
-                    Ok(output) => output,
-                    Err(error) => {
-                        this.path.release(&admitted).await;
-                        let error = CallError::Upstream(UpstreamError::from_sdk(&error));
-                        tracing::Span::current().record("error.type", error.reason().as_str_name());
-                        let _ = started.send(Err(error.to_status(admitted.context())));
-                        return;
-                    }
-                };
-                let _ = started.send(Ok(()));
+        self.run_stream(
+            admitted,
+            span,
+            call.send(),
+            |this, admitted, output, sender| async move {
                 this.pump_invoke(admitted, output.body, sender).await;
-            }
-            .instrument(span),
-        );
-        match start.await {
-            Ok(Ok(())) => Ok(Box::pin(ReceiverStream::new(receiver))),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(Status::internal(
-                "the call's task ended before Bedrock answered",
-            )),
-        }
+            },
+        )
+        .await
     }
 
     async fn pump_invoke(
