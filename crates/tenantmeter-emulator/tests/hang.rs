@@ -78,9 +78,11 @@ async fn shutdown_ends_a_hang_with_service_unavailable() {
             .await
     });
     // The call is recorded when its wait begins.
-    while emulator.emulator.invocations().is_empty() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tenantmeter_testkit::wait_until(Duration::from_secs(10), || async {
+        !emulator.emulator.invocations().is_empty()
+    })
+    .await
+    .unwrap();
 
     emulator.shut_down().await.unwrap();
     let error = call.await.unwrap().unwrap_err().into_service_error();
