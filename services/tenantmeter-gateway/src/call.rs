@@ -4,6 +4,8 @@
 //! Bedrock call itself.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use getrandom::fill as random_fill;
 use tenantmeter_proto::v1::{
@@ -74,14 +76,23 @@ pub struct CallPath {
     region: String,
 }
 
+/// Calls numbered in this process: the fallback of [`new_event_id`].
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
 /// A new usage event id: unique per call, so a settlement replayed from the
-/// spool is recognised by the meter as the same event.
-fn new_event_id() -> String {
+/// spool is recognised by the meter as the same event, and two calls are
+/// never taken for one.
+fn new_event_id(now: SystemTime) -> String {
     let mut bytes = [0_u8; 12];
     if random_fill(&mut bytes).is_err() {
-        // The OS random source failing is beyond repair here; a time-based id
-        // still differs per call within this process.
+        // The OS random source failed (it does not on Linux, short of a
+        // broken kernel). Two calls must still never share an id, or the
+        // meter would count one of them as a duplicate: the time in
+        // nanoseconds, the process and a per-process counter instead.
         tracing::error!("OS random source failed; using a time-based event id");
+        let nanos = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
+        return format!("gw:t{nanos:x}-{:x}-{call:x}", std::process::id());
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("gw:{hex}")
@@ -220,7 +231,7 @@ impl CallPath {
             requested_alias: route.alias,
             route: served,
             reservation,
-            event_id: new_event_id(),
+            event_id: new_event_id(self.clock.now()),
             estimated_input_tokens,
             started: Instant::now(),
         })
