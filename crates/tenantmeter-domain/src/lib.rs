@@ -8,6 +8,7 @@
 
 pub mod decimal;
 pub mod ids;
+pub mod levels;
 pub mod money;
 pub mod pricebook;
 pub mod quote;
