@@ -7,6 +7,9 @@
 //!   messages, and `BudgetStore`, the budgets' Redis store (one server or a
 //!   cluster, every change one Lua script, every call bounded by a timeout).
 //!   `BudgetError` converts into the `tonic::Status` a handler returns.
+//! - [`observe`]: pure functions forming a tenant's `levels::Observation`
+//!   (rate, budget figures and forecasts, plan budget, margin, baseline) from
+//!   the meter's `TenantUsage`, its budgets and its plan.
 //!
 //! What is to come: the gRPC services (`AlertingService`,
 //! `AlertingAdminService`) and `run()`, the evaluation loop feeding the pure
@@ -15,3 +18,4 @@
 //! alert history, shadow mode and the backtest.
 
 pub mod budgets;
+pub mod observe;
