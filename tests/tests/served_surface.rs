@@ -77,6 +77,28 @@ async fn describe_v1(addr: SocketAddr, symbol: &str) -> usize {
     }
 }
 
+/// Pricing on port 0, for the services that follow its price book.
+async fn start_pricing(
+    redis: &RedisServer,
+    shutdown: &Shutdown,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<Result<(), tenantmeter_pricing::RunError>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pricing = tokio::spawn(tenantmeter_pricing::run(
+        PricingConfig::default(),
+        PricingDeps {
+            redis_url: redis.url(),
+            admin_token: None,
+        },
+        listener,
+        shutdown.clone(),
+    ));
+    (addr, pricing)
+}
+
 #[tokio::test]
 async fn pricing_serves_health_and_reflection_and_reports_draining() {
     let redis = RedisServer::start().await.unwrap();
@@ -157,17 +179,7 @@ async fn pricing_serves_health_and_reflection_and_reports_draining() {
 async fn meter_serves_health_and_reflection() {
     let redis = RedisServer::start().await.unwrap();
     let shutdown = Shutdown::new();
-    let pricing_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pricing_addr = pricing_listener.local_addr().unwrap();
-    let pricing = tokio::spawn(tenantmeter_pricing::run(
-        PricingConfig::default(),
-        PricingDeps {
-            redis_url: redis.url(),
-            admin_token: None,
-        },
-        pricing_listener,
-        shutdown.clone(),
-    ));
+    let (pricing_addr, pricing) = start_pricing(&redis, &shutdown).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let meter = tokio::spawn(tenantmeter_meter::run(
@@ -222,17 +234,7 @@ async fn gateway_serves_health_and_reflection_with_error_details() {
     // called per request); it needs its registry's Redis and pricing.
     let redis = RedisServer::start().await.unwrap();
     let shutdown = Shutdown::new();
-    let pricing_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pricing_addr = pricing_listener.local_addr().unwrap();
-    let pricing = tokio::spawn(tenantmeter_pricing::run(
-        PricingConfig::default(),
-        PricingDeps {
-            redis_url: redis.url(),
-            admin_token: None,
-        },
-        pricing_listener,
-        shutdown.clone(),
-    ));
+    let (pricing_addr, pricing) = start_pricing(&redis, &shutdown).await;
     let spool = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
