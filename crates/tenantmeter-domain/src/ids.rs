@@ -92,6 +92,21 @@ slug_id!(
     TenantId,
     64
 );
+impl TenantId {
+    /// The tenant's shard among `shards` (FNV-1a of its id, stable across
+    /// versions): the meter's active-tenant index and ListTenantUsage's
+    /// `shard_index`, and alerting's evaluation shards, all use it, so a
+    /// tenant is in the same shard everywhere.
+    pub fn shard(&self, shards: u32) -> u32 {
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in self.0.bytes() {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash % shards.max(1)
+    }
+}
+
 slug_id!(
     /// A plan (rate card) id, `[A-Za-z0-9._-]{1,64}`.
     PlanId,

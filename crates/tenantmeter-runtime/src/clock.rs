@@ -76,6 +76,15 @@ pub fn to_timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
 }
 
+/// `time` as Unix milliseconds (negative before the epoch, saturating).
+#[must_use]
+pub fn unix_ms(time: SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
 /// A protobuf `Timestamp` as a `SystemTime`; `None` if it is out of range or not normalized
 /// (nanos outside 0..1e9), which a handler should report as INVALID_ARGUMENT.
 #[must_use]

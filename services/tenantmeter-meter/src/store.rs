@@ -662,14 +662,9 @@ pub const ACTIVE_SHARDS: u32 = 16;
 /// longest period figures are read for (a month) plus margin.
 pub const ACTIVE_FOR_MS: i64 = 35 * tenantmeter_domain::window::DAY_MS;
 
-/// The index shard of a tenant (FNV-1a of its id, stable across versions).
+/// The index shard of a tenant ([`TenantId::shard`], stable across versions).
 pub fn active_shard(tenant: &TenantId, shards: u32) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in tenant.as_str().bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash % shards.max(1)
+    tenant.shard(shards)
 }
 
 fn active_key(shard: u32) -> String {

@@ -186,6 +186,14 @@ impl Baseline {
         Self::default()
     }
 
+    /// A baseline from stored buckets (indexed by hour of week; a wrong
+    /// length is repaired as by [`Baseline::normalize`]).
+    pub fn from_buckets(buckets: Vec<BucketStats>, samples: u64) -> Self {
+        let mut baseline = Self { buckets, samples };
+        baseline.normalize();
+        baseline
+    }
+
     /// The buckets, indexed by hour of week.
     pub fn buckets(&self) -> &[BucketStats] {
         &self.buckets
