@@ -433,7 +433,17 @@ impl Engine {
                 list.sort_unstable();
                 list
             }
-            (None, PassMode::Commit) => self.shards.lock().await.keys().copied().collect(),
+            // Levels only move forward in time: a scheduled pass at an
+            // instant a shard was already evaluated at (a clock that has not
+            // moved) leaves the shard alone.
+            (None, PassMode::Commit) => self
+                .shards
+                .lock()
+                .await
+                .iter()
+                .filter(|(_, memory)| memory.last_as_of.is_none_or(|last| as_of_ms > last))
+                .map(|(shard, _)| *shard)
+                .collect(),
             (None, PassMode::WhatIf) => (0..self.config.shards).collect(),
         };
         for shard in shards {
@@ -704,6 +714,11 @@ impl Engine {
         outcome: &mut PassOutcome,
     ) -> Result<Option<pb::FleetStatus>, PassError> {
         let mut memory = match (self.fleet.lock().await.clone(), mode) {
+            (Some(memory), PassMode::Commit)
+                if memory.last_as_of.is_some_and(|last| as_of_ms <= last) =>
+            {
+                return Ok(memory.status);
+            }
             (Some(memory), _) => memory,
             (None, PassMode::Commit) => return Ok(None),
             (None, PassMode::WhatIf) => {
@@ -785,6 +800,11 @@ fn add_to_summary(summary: &mut ShardSummary, step: &TenantStep) {
     summary.month_cost_nanos = summary.month_cost_nanos.saturating_add(month_cost);
     summary.month_charge_nanos = summary.month_charge_nanos.saturating_add(month_charge);
     summary.day_cost_nanos = summary.day_cost_nanos.saturating_add(day_cost);
+    if let Some(rate) = &step.evaluation.rate {
+        summary.baseline_sum_nanos_per_hour = summary
+            .baseline_sum_nanos_per_hour
+            .saturating_add(rate.baseline.mean_nanos_per_hour);
+    }
     if step.contribution.rate_nanos_per_hour > 0 {
         summary.top.push(ContributorSummary {
             contribution: step.contribution.clone(),

@@ -371,11 +371,43 @@ pub fn observe_tenant(
     baseline: &Baseline,
     policy: &LevelPolicy,
 ) -> Result<TenantObservation, ObserveError> {
+    observe(usage, budgets, plan, None, baseline, policy)
+}
+
+/// The fleet's observation: as [`observe_tenant`] for a subject without a
+/// plan, whose baseline without history is `expected_nanos_per_hour` (the sum
+/// of its tenants' baselines) instead of a plan's expected rate.
+pub fn observe_fleet(
+    usage: &pb::TenantUsage,
+    budgets: &[Budget],
+    expected_nanos_per_hour: i64,
+    baseline: &Baseline,
+    policy: &LevelPolicy,
+) -> Result<TenantObservation, ObserveError> {
+    observe(
+        usage,
+        budgets,
+        None,
+        Some(expected_nanos_per_hour),
+        baseline,
+        policy,
+    )
+}
+
+fn observe(
+    usage: &pb::TenantUsage,
+    budgets: &[Budget],
+    plan: Option<&Plan>,
+    expected_override: Option<i64>,
+    baseline: &Baseline,
+    policy: &LevelPolicy,
+) -> Result<TenantObservation, ObserveError> {
     let at_ms = as_of_ms(usage)?;
     let month = period_figures(usage, CalendarPeriod::Month)?;
     let basis = rate_basis(usage, budgets, plan);
     let (cost_rate, rate, multiplier) = spend_rate(usage, basis, plan)?;
-    let expected = plan_expected_rate(plan, &month, basis, multiplier);
+    let expected =
+        expected_override.unwrap_or_else(|| plan_expected_rate(plan, &month, basis, multiplier));
     let estimate = baseline.estimate(at_ms, expected, &policy.baseline);
     let baseline_cost_rate = match basis {
         CostBasis::ProviderCost => estimate.mean_nanos_per_hour,

@@ -113,6 +113,9 @@ pub struct ShardSummary {
     pub month_charge_nanos: i64,
     /// Sum of the day's provider cost, nano-USD.
     pub day_cost_nanos: i64,
+    /// Sum of the tenants' baseline means, nano-USD per hour: the fleet's
+    /// baseline until it has history of its own.
+    pub baseline_sum_nanos_per_hour: i64,
 }
 
 /// One of a shard's largest contributors.

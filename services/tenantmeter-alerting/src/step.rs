@@ -15,7 +15,9 @@ use tenantmeter_domain::window::CalendarPeriod;
 use tenantmeter_proto::v1 as pb;
 
 use crate::budgets::{Budget, Enforcement, Subject, ms_to_timestamp, timestamp_to_ms};
-use crate::observe::{ObserveError, RATE_WINDOW_MS, baseline_sample, observe_tenant};
+use crate::observe::{
+    ObserveError, RATE_WINDOW_MS, baseline_sample, observe_fleet, observe_tenant,
+};
 use crate::state::{FleetRecord, ShardSummary, TenantRecord};
 use crate::status::{budget_use, month_spend, reasons_to_proto, spend_rate};
 use crate::throttle::{
@@ -343,6 +345,9 @@ pub fn sum_summaries<'a>(summaries: impl IntoIterator<Item = &'a ShardSummary>) 
             .month_charge_nanos
             .saturating_add(s.month_charge_nanos);
         total.day_cost_nanos = total.day_cost_nanos.saturating_add(s.day_cost_nanos);
+        total.baseline_sum_nanos_per_hour = total
+            .baseline_sum_nanos_per_hour
+            .saturating_add(s.baseline_sum_nanos_per_hour);
     }
     sort_top(&mut total.top);
     total
@@ -443,7 +448,13 @@ pub fn step_fleet(
             ..b.clone()
         })
         .collect();
-    let observed = observe_tenant(&usage, &budgets, None, baseline, levels)?;
+    let observed = observe_fleet(
+        &usage,
+        &budgets,
+        total.baseline_sum_nanos_per_hour,
+        baseline,
+        levels,
+    )?;
     let counts = CoMovement {
         active_tenants: total.active,
         tenants_above_baseline: total.above_baseline,

@@ -367,7 +367,7 @@ impl Meter {
             plan_tpm,
             plan_month_rated_cap_pico: cap,
             downgrade_targets: request.downgrade_targets.clone(),
-            now_override_ms: None,
+            now_override_ms: Some(now_ms(self.clock.as_ref())),
         };
         let reply = match tokio::time::timeout(
             self.config.reserve_timeout,
@@ -456,8 +456,9 @@ impl Meter {
     fn release_in_background(&self, tenant: TenantId, reservation_id: String) {
         let store = self.store.clone();
         let deadline = self.config.redis_timeout;
+        let now = now_ms(self.clock.as_ref());
         self.tasks.spawn(async move {
-            match tokio::time::timeout(deadline, store.release(&tenant, &reservation_id, None)).await {
+            match tokio::time::timeout(deadline, store.release(&tenant, &reservation_id, Some(now))).await {
                 Ok(Ok(true)) => tracing::info!(%tenant, "released a reservation whose Reserve timed out"),
                 Ok(Ok(false)) => {}
                 Ok(Err(error)) => tracing::warn!(%tenant, %error, "could not release a timed-out reservation; its lease will"),
@@ -536,7 +537,7 @@ impl Meter {
                 &priced.tenant,
                 &request.reservation_id,
                 &priced.stored,
-                None
+                Some(now_ms(self.clock.as_ref()))
             )),
             self.within(self.store.touch_active(&active))
         );
@@ -579,7 +580,11 @@ impl Meter {
         events::validate_event_id(&request.reservation_id)
             .map_err(|e| MeterError::invalid("reservation_id", e))?;
         let released = self
-            .within(self.store.release(&tenant, &request.reservation_id, None))
+            .within(self.store.release(
+                &tenant,
+                &request.reservation_id,
+                Some(now_ms(self.clock.as_ref())),
+            ))
             .await?;
         Ok(pb::ReleaseResponse { released })
     }
@@ -958,6 +963,7 @@ impl Meter {
                         &stored.tenant,
                         stored.decided_ms,
                         stored.expires_ms,
+                        now,
                         &stored.fields,
                     ))
                     .await?;

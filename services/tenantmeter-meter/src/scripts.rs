@@ -353,16 +353,16 @@ return 0
 ///
 /// ARGV: 1 decided ms, 2 expires ms, then field/value pairs. Returns 1 applied,
 /// 0 stale.
-pub const APPLY_POLICY_V1: &str = r"
--- tenantmeter meter apply_policy v1
+pub const APPLY_POLICY_V2: &str = r"
+-- tenantmeter meter apply_policy v2
 local key = base .. ':policy'
 local stored = tonumber(redis.call('HGET', key, 'decided') or '-1')
 if stored > tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', key)
 local args = {'decided', ARGV[1], 'exp', ARGV[2]}
-for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
 redis.call('HSET', key, unpack(args))
-redis.call('PEXPIREAT', key, ARGV[2])
+redis.call('PEXPIRE', key, math.max(1, tonumber(ARGV[3])))
 return 1
 ";
 

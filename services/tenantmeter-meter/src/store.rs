@@ -310,7 +310,7 @@ impl MeterStore {
             reserve: scripts::script(scripts::RESERVE_V1),
             settle: scripts::script(scripts::SETTLE_V1),
             release: scripts::script(scripts::RELEASE_V1),
-            apply_policy: scripts::script(scripts::APPLY_POLICY_V1),
+            apply_policy: scripts::script(scripts::APPLY_POLICY_V2),
             in_flight: scripts::script(scripts::IN_FLIGHT_V1),
         })
     }
@@ -471,19 +471,24 @@ impl MeterStore {
     }
 
     /// Stores a policy's fields unless a later-decided one is stored; `true`
-    /// when applied.
+    /// when applied. The key lives until `expires_ms` on the meter's clock:
+    /// its TTL is relative (`expires_ms - now_ms`), not Redis' wall-clock
+    /// PEXPIREAT, so a meter on an injected clock (tests, backtests) keeps
+    /// its policies as long as that clock says.
     pub async fn apply_policy(
         &self,
         tenant: &TenantId,
         decided_ms: i64,
         expires_ms: i64,
+        now_ms: i64,
         fields: &[(String, Vec<u8>)],
     ) -> Result<bool, StoreError> {
         let mut invocation = self.apply_policy.prepare_invoke();
         invocation
             .key(tenant_key(tenant))
             .arg(decided_ms)
-            .arg(expires_ms);
+            .arg(expires_ms)
+            .arg(expires_ms.saturating_sub(now_ms).max(1));
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
