@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tenantmeter_runtime::config::{ConfigError, ConfigLoader, EnvMap};
@@ -48,8 +49,14 @@ pub(crate) enum Command {
     Meter(ServiceArgs),
     /// The gateway alone (it reserves and settles at `gateway.meter_url`).
     Gateway(ServiceArgs),
+    /// Alerting alone (it reads `alerting.meter_url` and `alerting.pricing_url`).
+    Alerting(ServiceArgs),
     /// The Bedrock Runtime emulator alone (HTTP, restJson1).
     Emulator(EmulatorArgs),
+    /// Replay recorded usage through the real meter and alerting on simulated
+    /// time and report each tenant's and the fleet's level timeline
+    /// (docs/backtest.md).
+    Backtest(BacktestArgs),
     /// Print the effective configuration (every layer applied) as TOML.
     Config,
 }
@@ -75,6 +82,9 @@ pub(crate) struct UpArgs {
     /// Address of the gateway.
     #[arg(long, value_name = "ADDR")]
     pub gateway_listen: Option<SocketAddr>,
+    /// Address of alerting.
+    #[arg(long, value_name = "ADDR")]
+    pub alerting_listen: Option<SocketAddr>,
     /// Where the gateway's Bedrock calls go: the emulator `up` starts, or real
     /// Amazon Bedrock with the standard AWS credential chain and region.
     #[arg(long, value_enum, default_value = "emulator")]
@@ -96,6 +106,37 @@ pub(crate) struct EmulatorArgs {
     /// Address to serve on (overrides `emulator.listen`).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+}
+
+/// Arguments of `backtest`.
+#[derive(Debug, Args)]
+pub(crate) struct BacktestArgs {
+    /// Recorded usage and budgets, one JSON object per line (docs/backtest.md).
+    #[arg(value_name = "USAGE.jsonl")]
+    pub usage: PathBuf,
+    /// Level rules to replay with (TOML, the keys of docs/levels.md). Default:
+    /// `alerting.levels` of the config (the built-in defaults unless set).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Simulated time between two evaluations (1s to 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub step: Duration,
+    /// Report format on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+    /// Rate cards to price with, instead of the shipped deploy/plans.toml
+    /// (sets `pricing.plans_file`).
+    #[arg(long, value_name = "FILE")]
+    pub plans: Option<PathBuf>,
+}
+
+/// `--format` values of `backtest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReportFormat {
+    /// Timelines and a summary table, for people.
+    Text,
+    /// One JSON object with the same data.
+    Json,
 }
 
 /// Flags shared by the single-service subcommands.
@@ -137,6 +178,9 @@ impl Cli {
                 if let Some(addr) = args.gateway_listen {
                     loader = loader.set("gateway.listen", &addr.to_string());
                 }
+                if let Some(addr) = args.alerting_listen {
+                    loader = loader.set("alerting.listen", &addr.to_string());
+                }
                 if args.bedrock == BedrockArg::Aws {
                     loader = loader.set("gateway.bedrock.mode", "aws");
                 }
@@ -144,13 +188,18 @@ impl Cli {
                     loader = loader.set("redis.url", url);
                 }
             }
-            Command::Pricing(args) | Command::Meter(args) | Command::Gateway(args) => {
+            Command::Pricing(args)
+            | Command::Meter(args)
+            | Command::Gateway(args)
+            | Command::Alerting(args) => {
                 let section = match self.command {
                     Command::Meter(_) => "meter",
                     Command::Gateway(_) => "gateway",
+                    Command::Alerting(_) => "alerting",
                     Command::Pricing(_)
                     | Command::Up(_)
                     | Command::Emulator(_)
+                    | Command::Backtest(_)
                     | Command::Config => "pricing",
                 };
                 if let Some(addr) = args.listen {
@@ -163,6 +212,11 @@ impl Cli {
             Command::Emulator(args) => {
                 if let Some(addr) = args.listen {
                     loader = loader.set("emulator.listen", &addr.to_string());
+                }
+            }
+            Command::Backtest(args) => {
+                if let Some(plans) = &args.plans {
+                    loader = loader.set("pricing.plans_file", &plans.display().to_string());
                 }
             }
             Command::Config => {}

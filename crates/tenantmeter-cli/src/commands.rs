@@ -5,31 +5,55 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use std::sync::Arc;
 
+use anyhow::Context as _;
+use tenantmeter_alerting::AlertingDeps;
 use tenantmeter_gateway::config::BedrockMode;
 use tenantmeter_gateway::{GatewayConfig, GatewayDeps};
 use tenantmeter_meter::MeterDeps;
 use tenantmeter_pricing::PricingDeps;
-use tenantmeter_runtime::clock::SystemClock;
+use tenantmeter_runtime::clock::{Clock, SystemClock};
 use tenantmeter_runtime::config::EnvMap;
 use tenantmeter_runtime::shutdown::{Shutdown, install_signal_handlers};
 use tenantmeter_runtime::telemetry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::backtest;
 use crate::cli::{Cli, Command, UpArgs};
 use crate::config::Config;
-use crate::redis_child::RedisChild;
+use crate::redis_child::{Persistence, RedisChild};
 
 /// How long background tasks may take to finish after the servers drained.
 const TASKS_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the subcommand; returns the process exit code.
-pub(crate) async fn run(cli: Cli, config: Config, env: EnvMap) -> ExitCode {
-    if let Command::Config = cli.command {
-        return print_config(config);
+pub(crate) async fn run(cli: Cli, mut config: Config, env: EnvMap) -> ExitCode {
+    let mut replay = None;
+    match &cli.command {
+        Command::Config => return print_config(config),
+        Command::Backtest(args) => {
+            // Like a bad config value: the whole input is checked before anything
+            // starts, and the one line naming the line and field is the output.
+            match backtest::prepare(args, &config) {
+                Ok(prepared) => replay = Some(prepared),
+                Err(error) => {
+                    #[allow(clippy::print_stderr)] // telemetry is not up yet
+                    {
+                        eprintln!("{error}");
+                    }
+                    return ExitCode::from(error.exit_code());
+                }
+            }
+            backtest::quiet_logs(&mut config.telemetry);
+        }
+        Command::Up(_)
+        | Command::Pricing(_)
+        | Command::Meter(_)
+        | Command::Gateway(_)
+        | Command::Alerting(_)
+        | Command::Emulator(_) => {}
     }
     let guard = match telemetry::init(&config.telemetry, "tenantmeter", &env) {
         Ok(guard) => guard,
@@ -41,20 +65,31 @@ pub(crate) async fn run(cli: Cli, config: Config, env: EnvMap) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = match cli.command {
-        Command::Up(args) => up(args, config).await,
-        Command::Pricing(_) => pricing(config).await,
-        Command::Meter(_) => meter(config).await,
-        Command::Gateway(_) => gateway(config).await,
-        Command::Emulator(_) => emulator(config).await,
-        Command::Config => Ok(()),
+    let outcome = match (cli.command, replay) {
+        (_, Some(prepared)) => backtest::run(prepared, config).await,
+        (Command::Up(args), None) => up(args, config).await,
+        (Command::Pricing(_), None) => pricing(config).await,
+        (Command::Meter(_), None) => meter(config).await,
+        (Command::Gateway(_), None) => gateway(config).await,
+        (Command::Alerting(_), None) => alerting(config).await,
+        (Command::Emulator(_), None) => emulator(config).await,
+        (Command::Backtest(_) | Command::Config, None) => Ok(()),
     };
     let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{}", one_line(&error));
-            ExitCode::FAILURE
-        }
+        Err(error) => match error.downcast_ref::<backtest::DataError>() {
+            Some(data) => {
+                #[allow(clippy::print_stderr)] // the same one line as an input error found up front
+                {
+                    eprintln!("{data}");
+                }
+                ExitCode::from(backtest::EXIT_DATA)
+            }
+            None => {
+                tracing::error!("{}", one_line(&error));
+                ExitCode::FAILURE
+            }
+        },
     };
     guard.shutdown().await;
     code
@@ -62,7 +97,7 @@ pub(crate) async fn run(cli: Cli, config: Config, env: EnvMap) -> ExitCode {
 
 /// The error and its causes on one line. Many errors already include their
 /// cause in their own message; a cause whose text is already there is skipped.
-fn one_line(error: &anyhow::Error) -> String {
+pub(crate) fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
@@ -94,18 +129,23 @@ fn print_config(mut config: Config) -> ExitCode {
 }
 
 /// A service started as a tracked task.
-struct Running {
+pub(crate) struct Running {
     /// Its name, for messages.
-    name: &'static str,
+    pub(crate) name: &'static str,
     /// Where it listens.
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The task; its error ends the process.
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
+    /// True once the service's task has ended (failed, or shut down).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Waits for the task and names the service in its error.
-    async fn finished(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn finished(&mut self) -> anyhow::Result<()> {
         (&mut self.task)
             .await
             .with_context(|| format!("the {} service panicked", self.name))?
@@ -120,7 +160,7 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Binds the pricing listener and starts the service.
-async fn start_pricing(
+pub(crate) async fn start_pricing(
     config: &Config,
     redis_url: String,
     shutdown: &Shutdown,
@@ -140,18 +180,16 @@ async fn start_pricing(
     })
 }
 
-/// Binds the meter listener and starts the service.
-async fn start_meter(
+/// Binds the meter listener and starts the service on `clock`.
+pub(crate) async fn start_meter(
     config: &Config,
     redis_url: String,
+    clock: Arc<dyn Clock>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Running> {
     let listener = bind(config.meter.listen, "meter.listen").await?;
     let addr = listener.local_addr()?;
-    let deps = MeterDeps {
-        redis_url,
-        clock: Arc::new(SystemClock),
-    };
+    let deps = MeterDeps { redis_url, clock };
     let run = tenantmeter_meter::run(config.meter.clone(), deps, listener, shutdown.clone());
     let task = shutdown.spawn(async move { Ok(run.await?) });
     Ok(Running {
@@ -178,6 +216,29 @@ async fn start_gateway(
     let task = shutdown.spawn(async move { Ok(run.await?) });
     Ok(Running {
         name: "gateway",
+        addr,
+        task,
+    })
+}
+
+/// Binds alerting's listener and starts the service on `clock`.
+pub(crate) async fn start_alerting(
+    config: &Config,
+    redis_url: String,
+    clock: Arc<dyn Clock>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Running> {
+    let listener = bind(config.alerting.listen, "alerting.listen").await?;
+    let addr = listener.local_addr()?;
+    let deps = AlertingDeps {
+        redis_url,
+        admin_token: config.admin_token.clone(),
+        clock,
+    };
+    let run = tenantmeter_alerting::run(config.alerting.clone(), deps, listener, shutdown.clone());
+    let task = shutdown.spawn(async move { Ok(run.await?) });
+    Ok(Running {
+        name: "alerting",
         addr,
         task,
     })
@@ -238,12 +299,30 @@ async fn gateway(config: Config) -> anyhow::Result<()> {
 
 async fn meter(config: Config) -> anyhow::Result<()> {
     let shutdown = install_signal_handlers()?;
-    let service = start_meter(&config, config.redis.url.clone(), &shutdown).await;
+    let service = start_meter(
+        &config,
+        config.redis.url.clone(),
+        Arc::new(SystemClock),
+        &shutdown,
+    )
+    .await;
+    single(service, shutdown).await
+}
+
+async fn alerting(config: Config) -> anyhow::Result<()> {
+    let shutdown = install_signal_handlers()?;
+    let service = start_alerting(
+        &config,
+        config.redis.url.clone(),
+        Arc::new(SystemClock),
+        &shutdown,
+    )
+    .await;
     single(service, shutdown).await
 }
 
 /// Waits until `service` reports SERVING, failing if it stops first.
-async fn until_serving(service: &mut Running) -> anyhow::Result<()> {
+pub(crate) async fn until_serving(service: &mut Running) -> anyhow::Result<()> {
     tokio::select! {
         ready = wait_serving(service.addr) => ready,
         outcome = service.finished() => {
@@ -305,7 +384,7 @@ async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
     }
     let redis = match &args.redis_url {
         Some(_) => None,
-        None => Some(RedisChild::start(&args.data_dir.join("redis")).await?),
+        None => Some(RedisChild::start(&args.data_dir.join("redis"), Persistence::Aof).await?),
     };
     let redis_url = redis
         .as_ref()
@@ -317,7 +396,9 @@ async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
         services.push(start_pricing(&config, redis_url.clone(), &shutdown).await?);
         until_serving(&mut services[0]).await?;
         config.meter.pricing_url = format!("http://{}", services[0].addr);
-        services.push(start_meter(&config, redis_url.clone(), &shutdown).await?);
+        services.push(
+            start_meter(&config, redis_url.clone(), Arc::new(SystemClock), &shutdown).await?,
+        );
         until_serving(&mut services[1]).await?;
         if config.gateway.bedrock.mode == BedrockMode::Emulator {
             // Serving as soon as its listener is bound: no health to wait for.
@@ -334,6 +415,14 @@ async fn up(args: UpArgs, mut config: Config) -> anyhow::Result<()> {
         let mut gateway = start_gateway(&config, redis_url.clone(), &shutdown).await?;
         until_serving(&mut gateway).await?;
         services.push(gateway);
+        // Alerting last: it reads the meter's figures and pricing's rate cards,
+        // and sends policies back to the meter.
+        config.alerting.meter_url = format!("http://{}", services[1].addr);
+        config.alerting.pricing_url = format!("http://{}", services[0].addr);
+        let mut alerting =
+            start_alerting(&config, redis_url.clone(), Arc::new(SystemClock), &shutdown).await?;
+        until_serving(&mut alerting).await?;
+        services.push(alerting);
         print_banner(&redis_url, redis.as_ref(), &services, &args.data_dir);
         let names: Vec<&'static str> = services.iter().map(|s| s.name).collect();
         let any_stopped = futures::future::select_all(services.iter_mut().map(|s| Box::pin(s.finished())));
@@ -409,6 +498,7 @@ fn print_banner(
     let pricing = addr("pricing").unwrap_or_default();
     let meter = addr("meter").unwrap_or_default();
     let gateway = addr("gateway").unwrap_or_default();
+    let alerting = addr("alerting").unwrap_or_default();
     let emulator_line = match addr("emulator") {
         Some(emulator) => format!(
             "{emulator}  (HTTP: the Bedrock API the gateway calls; its log shows each call's modelId)"
@@ -425,6 +515,7 @@ tenantmeter is up.
   pricing   {pricing}  (gRPC: tenantmeter.v1.PricingService, PricingAdminService)
   meter     {meter}  (gRPC: tenantmeter.v1.MeterService)
   gateway   {gateway}  (gRPC: tenantmeter.v1.GatewayService, GatewayAdminService)
+  alerting  {alerting}  (gRPC: tenantmeter.v1.AlertingService, AlertingAdminService)
   emulator  {emulator_line}
   every gRPC service also serves grpc.health.v1.Health and reflection
 
@@ -446,6 +537,16 @@ Prices:
 
   grpcurl -plaintext -d '{{\"lines\":[{{\"model_id\":\"anthropic.claude-3-5-sonnet-20240620-v1:0\",\"usage\":{{\"input_tokens\":1000000,\"output_tokens\":1000000}}}}]}}' \\
     {pricing} tenantmeter.v1.PricingService/Quote
+
+Levels (green, yellow, orange, red) of every tenant and the fleet, budgets and webhooks:
+
+  grpcurl -plaintext -d '{{\"sendCurrent\":true}}' {alerting} tenantmeter.v1.AlertingService/WatchLevels
+  grpcurl -plaintext -d '{{}}' {alerting} tenantmeter.v1.AlertingService/ListStatuses
+  # a monthly budget of $100 for acme, and a webhook that receives signed orange and red alerts:
+  grpcurl -plaintext -H \"$ADMIN\" -d '{{\"budget\":{{\"subject\":{{\"tenant_id\":\"acme\"}},\"period\":\"CALENDAR_PERIOD_MONTH\",\"basis\":\"COST_BASIS_TENANT_CHARGE\",\"amount_nanos_usd\":\"100000000000\"}}}}' \\
+    {alerting} tenantmeter.v1.AlertingAdminService/SetBudget
+  grpcurl -plaintext -H \"$ADMIN\" -d '{{\"sink\":{{\"sink_id\":\"ops\",\"webhook_url\":\"http://127.0.0.1:9000/alerts\",\"enabled\":true,\"min_level\":\"LEVEL_ORANGE\"}},\"secret\":\"'$(openssl rand -hex 32)'\"}}' \\
+    {alerting} tenantmeter.v1.AlertingAdminService/UpsertSink
 
 Stop with Ctrl-C (a second Ctrl-C exits at once)."
     );

@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tenantmeter_alerting::AlertingConfig;
 use tenantmeter_gateway::GatewayConfig;
 use tenantmeter_meter::MeterConfig;
 use tenantmeter_pricing::PricingConfig;
 use tenantmeter_runtime::config::{ConfigError, RedisConfig, TelemetryConfig, Validate};
 
 /// Everything the binary can be configured with.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Not `Eq`: the level policy in `[alerting.levels]` has float thresholds (z-scores).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Config {
     /// Token that admin RPCs must present as `authorization: Bearer <token>`.
@@ -29,6 +31,8 @@ pub(crate) struct Config {
     pub meter: MeterConfig,
     /// The gateway.
     pub gateway: GatewayConfig,
+    /// Alerting: levels, budgets, notifications, adaptive throttling.
+    pub alerting: AlertingConfig,
     /// The Bedrock emulator that `up` runs (and `tenantmeter emulator`).
     pub emulator: EmulatorSection,
 }
@@ -96,6 +100,7 @@ impl Validate for Config {
         self.pricing.validate().map_err(|e| e.within("pricing"))?;
         self.meter.validate().map_err(|e| e.within("meter"))?;
         self.gateway.validate().map_err(|e| e.within("gateway"))?;
+        self.alerting.validate().map_err(|e| e.within("alerting"))?;
         Ok(())
     }
 }

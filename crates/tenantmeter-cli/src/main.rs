@@ -2,6 +2,7 @@
 //! value), then hand over to [`commands`]. Everything else lives in the
 //! service libraries, so tests start the same services in-process.
 
+mod backtest;
 mod cli;
 mod commands;
 mod config;

@@ -1,6 +1,7 @@
 //! The private redis-server `tenantmeter up` runs when no `--redis-url` is given:
 //! a child process on a free loopback port, its data (AOF, `appendfsync everysec`)
 //! in a directory of its own so a restart of `up` finds the state it left.
+//! `tenantmeter backtest` runs one without persistence in a temporary directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,6 +12,15 @@ use tokio::process::{Child, Command};
 
 /// How long a starting redis-server may take to answer PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Whether the server keeps its data across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Persistence {
+    /// AOF with `appendfsync everysec`: `up`'s state outlives a restart.
+    Aof,
+    /// Memory only: a backtest's state is thrown away with it.
+    None,
+}
 
 /// A running private redis-server.
 #[derive(Debug)]
@@ -40,20 +50,24 @@ async fn ping(url: &str) -> bool {
 
 impl RedisChild {
     /// Starts redis-server with its data in `dir` and waits until it answers.
-    pub(crate) async fn start(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn start(dir: &Path, persistence: Persistence) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
         let port = free_port()?;
         let log = dir.join("redis.log");
+        let appendonly = match persistence {
+            Persistence::Aof => "yes",
+            Persistence::None => "no",
+        };
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&dir)
             .args([
                 "--appendonly",
-                "yes",
+                appendonly,
                 "--appendfsync",
                 "everysec",
                 "--save",

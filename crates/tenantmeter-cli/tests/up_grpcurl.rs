@@ -24,6 +24,7 @@ struct Up {
     meter: String,
     emulator: String,
     gateway: String,
+    alerting: String,
     /// Everything `up` logged on stderr so far (also echoed to ours).
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -44,11 +45,13 @@ impl Up {
         let meter = format!("127.0.0.1:{}", free_port());
         let emulator = format!("127.0.0.1:{}", free_port());
         let gateway = format!("127.0.0.1:{}", free_port());
+        let alerting = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_tenantmeter"))
             .args(["up", "--data-dir"])
             .arg(data_dir)
             .args(["--pricing-listen", &addr, "--meter-listen", &meter])
             .args(["--emulator-listen", &emulator, "--gateway-listen", &gateway])
+            .args(["--alerting-listen", &alerting])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("TENANTMETER_ADMIN_TOKEN")
             // JSON logs: the test reads the emulator's invocation lines.
@@ -98,6 +101,14 @@ impl Up {
             "{banner}"
         );
         assert!(banner.contains(&format!("gateway   {gateway}")), "{banner}");
+        assert!(
+            banner.contains(&format!("alerting  {alerting}")),
+            "{banner}"
+        );
+        assert!(
+            banner.contains("tenantmeter.v1.AlertingService/WatchLevels"),
+            "{banner}"
+        );
         assert!(banner.contains("grpcurl -plaintext"), "{banner}");
         Self {
             child: Some(child),
@@ -105,6 +116,7 @@ impl Up {
             meter,
             emulator,
             gateway,
+            alerting,
             log,
         }
     }
@@ -413,6 +425,28 @@ fn quickstart_with_grpcurl() {
                 && l.contains(&format!("\"modelId\":\"{arn}\""))),
         "no emulator log line with modelId={arn}:\n{log}"
     );
+
+    // Alerting, started last by `up`, answers and lists its services through reflection.
+    let alerting_services = up.grpcurl(&[&up.alerting, "list"]);
+    for service in [
+        "tenantmeter.v1.AlertingService",
+        "tenantmeter.v1.AlertingAdminService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            alerting_services.contains(service),
+            "{service} missing from:\n{alerting_services}"
+        );
+    }
+    let fleet = up.call_at(
+        &up.alerting,
+        &[],
+        "tenantmeter.v1.AlertingService/GetFleetStatus",
+        &serde_json::json!({}),
+    );
+    // Answered (grpcurl exited 0 with JSON); the status is filled in from the
+    // first scheduled pass on, which this test does not wait for.
+    assert!(fleet.is_object(), "{fleet}");
     up.stop();
 
     // Started again on the same data directory: the private redis-server's AOF
