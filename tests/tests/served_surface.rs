@@ -2,7 +2,7 @@
 //! exists: its gRPC services listed through reflection v1alpha (what grpcurl
 //! 1.8.6 speaks) and v1, health SERVING for each, and NOT_SERVING once shutdown
 //! begins. Each service runs in-process on port 0 against its own redis-server
-//! (the meter with the pricing service it follows).
+//! (the meter and alerting with the pricing service they follow).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failed unwrap is a failed test
 
@@ -295,6 +295,102 @@ async fn gateway_serves_health_and_reflection_with_error_details() {
         .expect("drained in time")
         .unwrap()
         .unwrap();
+    tokio::time::timeout(drained, pricing)
+        .await
+        .expect("drained in time")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn alerting_serves_health_and_reflection_and_reports_draining() {
+    // Alerting follows pricing's price book; the meter is called per pass,
+    // and with `interval` 0 no pass runs, so it need not be up.
+    let redis = RedisServer::start().await.unwrap();
+    let shutdown = Shutdown::new();
+    let (pricing_addr, pricing) = start_pricing(&redis, &shutdown).await;
+    let alerting_shutdown = Shutdown::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let alerting = tokio::spawn(Box::pin(tenantmeter_alerting::run(
+        tenantmeter_alerting::AlertingConfig {
+            pricing_url: format!("http://{pricing_addr}"),
+            interval: Duration::ZERO,
+            ..Default::default()
+        },
+        tenantmeter_alerting::AlertingDeps {
+            redis_url: redis.url(),
+            admin_token: None,
+            clock: std::sync::Arc::new(tenantmeter_runtime::clock::SystemClock),
+        },
+        listener,
+        alerting_shutdown.clone(),
+    )));
+    let serving = ServingStatus::Serving as i32;
+    poll_until_ok(Duration::from_secs(30), || async {
+        match status(addr, "").await {
+            Ok(code) if code == serving => Ok(()),
+            Ok(code) => Err(format!("status {code}")),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        list_v1alpha(addr).await,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "tenantmeter.v1.AlertingAdminService",
+            "tenantmeter.v1.AlertingService",
+        ]
+    );
+    for service in [
+        "tenantmeter.v1.AlertingService",
+        "tenantmeter.v1.AlertingAdminService",
+    ] {
+        assert_eq!(status(addr, service).await.unwrap(), serving, "{service}");
+        assert!(describe_v1(addr, service).await > 0, "{service}");
+    }
+    for symbol in [
+        // Messages of the RPCs resolve, imports included.
+        "tenantmeter.v1.TenantStatus",
+        "tenantmeter.v1.WebhookNotification",
+        "tenantmeter.v1.TenantPolicy",
+        // What error details are made of, so grpcurl can print them.
+        "google.rpc.BadRequest",
+        "google.rpc.ErrorInfo",
+    ] {
+        assert!(describe_v1(addr, symbol).await > 0, "{symbol}");
+    }
+
+    // Health turns NOT_SERVING as soon as shutdown begins.
+    let mut watch = HealthClient::new(channel(addr).await)
+        .watch(HealthCheckRequest {
+            service: "tenantmeter.v1.AlertingService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, serving);
+    alerting_shutdown.trigger();
+    let not_serving = ServingStatus::NotServing as i32;
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a health update after shutdown");
+    assert!(
+        matches!(&next, Some(Ok(reply)) if reply.status == not_serving),
+        "{next:?}"
+    );
+    drop(watch);
+    let drained = Duration::from_secs(20);
+    tokio::time::timeout(drained, alerting)
+        .await
+        .expect("drained in time")
+        .unwrap()
+        .unwrap();
+    shutdown.trigger();
     tokio::time::timeout(drained, pricing)
         .await
         .expect("drained in time")

@@ -31,8 +31,8 @@ use crate::budgets::{BudgetStore, ms_to_timestamp};
 use crate::config::AlertingConfig;
 use crate::sinks::SinkQueue;
 use crate::state::{
-    ContributorSummary, FleetRecord, ShardSummary, StateError, StateStore, TenantCommit,
-    TenantRecord, rank_member,
+    ContributorSummary, FleetRecord, ShardSnapshot, ShardSummary, StateError, StateStore,
+    TenantCommit, TenantRecord, rank_member,
 };
 use crate::step::{self, PassInputs, TenantStep};
 use crate::throttle::level_to_proto;
@@ -48,6 +48,26 @@ struct ShardMemory {
     outbox: Vec<pb::Alert>,
     /// Last committed pass.
     last_as_of: Option<i64>,
+}
+
+impl From<ShardSnapshot> for ShardMemory {
+    fn from(snapshot: ShardSnapshot) -> Self {
+        // The last committed instant is each record's last evaluation, so
+        // "only forward in time" survives a restart.
+        let last_as_of = snapshot
+            .records
+            .values()
+            .filter_map(|record| record.level.evaluated_at_ms)
+            .max();
+        Self {
+            records: snapshot.records,
+            baselines: snapshot.baselines,
+            policies: snapshot.policies,
+            levels: snapshot.levels,
+            outbox: snapshot.outbox,
+            last_as_of,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -221,6 +241,11 @@ impl Engine {
     pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let interval = self.config.interval;
         if interval.is_zero() {
+            // Passes come only from Evaluate, which takes leases too: give
+            // them up at shutdown all the same, so a successor need not wait
+            // for them to lapse.
+            shutdown.cancelled().await;
+            self.release_all().await;
             return;
         }
         let mut ticker = tokio::time::interval(interval);
@@ -282,17 +307,7 @@ impl Engine {
                         tenants = snapshot.records.len(),
                         "took the shard's lease"
                     );
-                    shards.insert(
-                        shard,
-                        ShardMemory {
-                            records: snapshot.records,
-                            baselines: snapshot.baselines,
-                            policies: snapshot.policies,
-                            levels: snapshot.levels,
-                            outbox: snapshot.outbox,
-                            last_as_of: None,
-                        },
-                    );
+                    shards.insert(shard, ShardMemory::from(snapshot));
                 }
                 (false, true) => {
                     tracing::info!(shard, "lost the shard's lease to another replica");
@@ -307,11 +322,11 @@ impl Engine {
             (true, false) => {
                 let snapshot = self.state.load_fleet().await?;
                 *fleet = Some(FleetMemory {
+                    last_as_of: snapshot.record.level.evaluated_at_ms,
                     record: snapshot.record,
                     baseline: snapshot.baseline,
                     status: snapshot.status,
                     outbox: Vec::new(),
-                    last_as_of: None,
                 });
                 tracing::info!("took the fleet's lease");
             }
@@ -472,17 +487,7 @@ impl Engine {
         // elsewhere) as stored.
         let mut memory = match self.shards.lock().await.get(&shard) {
             Some(memory) => memory.clone(),
-            None => {
-                let snapshot = self.state.load_shard(shard).await?;
-                ShardMemory {
-                    records: snapshot.records,
-                    baselines: snapshot.baselines,
-                    policies: snapshot.policies,
-                    levels: snapshot.levels,
-                    outbox: snapshot.outbox,
-                    last_as_of: None,
-                }
-            }
+            None => ShardMemory::from(self.state.load_shard(shard).await?),
         };
         if mode == PassMode::Commit {
             self.flush_outbox(shard, &mut memory).await;
@@ -698,10 +703,10 @@ impl Engine {
 
     async fn hand_over(&self, alerts: &[pb::Alert]) -> Result<(), Status> {
         self.alerts.insert(alerts).await?;
+        // Silenced alerts too: the queue records them SUPPRESSED per
+        // matching sink without sending, so the alert says who was spared.
         for alert in alerts {
-            if alert.silenced_until.is_none() {
-                self.queue.enqueue(alert).await?;
-            }
+            self.queue.enqueue(alert).await?;
         }
         Ok(())
     }

@@ -1390,7 +1390,7 @@ async fn memory(options: &Options) -> anyhow::Result<MemoryReport> {
     }
     times.sort_unstable();
     times.dedup();
-    let record = scripts::script(scripts::RECORD_V1);
+    let record = scripts::script(scripts::RECORD_V2);
     let reserve = scripts::script(scripts::RESERVE_V1);
     let retention = retention_args();
     let mut busy_events = 0;
@@ -1412,7 +1412,7 @@ async fn memory(options: &Options) -> anyhow::Result<MemoryReport> {
         busy_events = all.len();
         for chunk in all.chunks(100) {
             let mut invocation = record.prepare_invoke();
-            invocation.key(format!("{{t:{tenant}}}"));
+            invocation.key(format!("{{t:{tenant}}}")).arg(now);
             for arg in &retention {
                 invocation.arg(arg);
             }
@@ -1545,9 +1545,9 @@ async fn main() -> anyhow::Result<()> {
     stack.unlimited(&assign).await?;
     let price = priced(&stack, "price-sample").await?;
     let mut conn = stack.redis().await?;
-    let record_sha = load(&mut conn, scripts::RECORD_V1).await?;
+    let record_sha = load(&mut conn, scripts::RECORD_V2).await?;
     let reserve_sha = load(&mut conn, scripts::RESERVE_V1).await?;
-    let settle_sha = load(&mut conn, scripts::SETTLE_V1).await?;
+    let settle_sha = load(&mut conn, scripts::SETTLE_V2).await?;
     let retention = retention_args();
 
     // Throughput. The host's speed drifts by tens of percent from one second
@@ -1576,6 +1576,7 @@ async fn main() -> anyhow::Result<()> {
             record_sha.clone(),
             "1".to_owned(),
             RAND_TENANT.to_owned(),
+            now_ms().to_string(),
         ];
         command.extend(retention.iter().cloned());
         let at = now_ms();

@@ -234,10 +234,11 @@ impl Meter {
         // and every Reserve queued behind it would time out and fail open.
         // The calls share the multiplexed connection, so they still travel
         // together.
+        let now = now_ms(self.clock.as_ref());
         let calls = by_tenant.iter().flat_map(|(tenant, events)| {
             events.chunks(RECORD_CHUNK).map(move |chunk| async move {
                 let stored: Vec<_> = chunk.iter().map(|(_, e)| e.stored.clone()).collect();
-                (chunk, self.store.record(tenant, &stored).await)
+                (chunk, self.store.record(tenant, &stored, now).await)
             })
         });
         let active: Vec<(&TenantId, i64)> = by_tenant

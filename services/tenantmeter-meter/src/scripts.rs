@@ -96,18 +96,21 @@ local function add_window(key, bucket, v, ttl_s)
   redis.call('EXPIRE', key, ttl_s)
 end
 
-local function add_rollup(key, model, v, expire_at_s)
+-- The TTL runs to expire_at_s on the caller's clock (now_s), not Redis'
+-- wall clock, so a meter on simulated time keeps what it counts.
+local function add_rollup(key, model, v, expire_at_s, now_s)
   for j = 1, 7 do
     if v[j] ~= '0' then
       redis.call('HINCRBY', key, METRICS[j], v[j])
       redis.call('HINCRBY', key, model .. '|' .. METRICS[j], v[j])
     end
   end
-  redis.call('EXPIREAT', key, expire_at_s)
+  redis.call('EXPIRE', key, math.max(1, expire_at_s - now_s))
 end
 
 -- Counts one event (its dedupe mark already set) everywhere it belongs.
-local function count(model, t, v, hour_retention_s, day_retention_s)
+local function count(model, t, v, hour_retention_s, day_retention_s, now)
+  local now_s = math.floor(now / 1000)
   for _, w in ipairs(WINDOWS) do
     local bucket = math.floor(t / w[2])
     local ttl = math.floor(w[2] * RING / 1000) + 60
@@ -117,9 +120,10 @@ local function count(model, t, v, hour_retention_s, day_retention_s)
   local hour = math.floor(t / 3600000)
   local day = math.floor(t / 86400000)
   local month = month_of(day)
-  add_rollup(base .. ':h:' .. hour, model, v, (hour + 1) * 3600 + hour_retention_s)
-  add_rollup(base .. ':d:' .. day, model, v, (day + 1) * 86400 + day_retention_s)
-  add_rollup(base .. ':mo:' .. month, model, v, math.floor(month_end_ms(day) / 1000) + day_retention_s)
+  add_rollup(base .. ':h:' .. hour, model, v, (hour + 1) * 3600 + hour_retention_s, now_s)
+  add_rollup(base .. ':d:' .. day, model, v, (day + 1) * 86400 + day_retention_s, now_s)
+  add_rollup(base .. ':mo:' .. month, model, v,
+    math.floor(month_end_ms(day) / 1000) + day_retention_s, now_s)
   local meta = base .. ':meta'
   local last = tonumber(redis.call('HGET', meta, 'last') or '0')
   if t > last then redis.call('HSET', meta, 'last', t) end
@@ -151,17 +155,18 @@ end
 
 /// Counts a batch of one tenant's events, each at most once.
 ///
-/// ARGV: dedupe TTL s, hourly retention s, daily retention s, then 9 fields
-/// per event (see `event_at`). Returns one integer per event: 1 counted, 0
-/// duplicate.
-pub const RECORD_V1: &str = r"
--- tenantmeter meter record v1
+/// ARGV: now (ms, the meter's clock), dedupe TTL s, hourly retention s, daily
+/// retention s, then 9 fields per event (see `event_at`). Returns one integer
+/// per event: 1 counted, 0 duplicate.
+pub const RECORD_V2: &str = r"
+-- tenantmeter meter record v2
 local out = {}
-local events = (#ARGV - 3) / 9
+local now = now_ms(ARGV[1])
+local events = (#ARGV - 4) / 9
 for e = 0, events - 1 do
-  local id, model, t, v = event_at(4 + e * 9)
-  if redis.call('SET', base .. ':e:' .. id, '1', 'NX', 'EX', ARGV[1]) then
-    count(model, t, v, tonumber(ARGV[2]), tonumber(ARGV[3]))
+  local id, model, t, v = event_at(5 + e * 9)
+  if redis.call('SET', base .. ':e:' .. id, '1', 'NX', 'EX', ARGV[2]) then
+    count(model, t, v, tonumber(ARGV[3]), tonumber(ARGV[4]), now)
     out[e + 1] = 1
   else
     out[e + 1] = 0
@@ -320,8 +325,8 @@ return {1, 0, '0', '0', 0, 0, level, model, downgraded, expires,
 /// 4 hourly retention s, 5 daily retention s, then the 9 event fields.
 /// Returns {counted 1/0, released 1/0, month rated value after (pico, string),
 /// level}.
-pub const SETTLE_V1: &str = r"
--- tenantmeter meter settle v1
+pub const SETTLE_V2: &str = r"
+-- tenantmeter meter settle v2
 local now = now_ms(ARGV[1])
 purge(now)
 local released = 0
@@ -329,7 +334,7 @@ if ARGV[2] ~= '' and release(ARGV[2]) then released = 1 end
 local id, model, t, v = event_at(6)
 local counted = 0
 if redis.call('SET', base .. ':e:' .. id, '1', 'NX', 'EX', ARGV[3]) then
-  count(model, t, v, tonumber(ARGV[4]), tonumber(ARGV[5]))
+  count(model, t, v, tonumber(ARGV[4]), tonumber(ARGV[5]), now)
   counted = 1
 end
 local month = month_of(math.floor(t / 86400000))

@@ -306,9 +306,9 @@ impl MeterStore {
         Ok(Self {
             conn,
             retention,
-            record: scripts::script(scripts::RECORD_V1),
+            record: scripts::script(scripts::RECORD_V2),
             reserve: scripts::script(scripts::RESERVE_V1),
-            settle: scripts::script(scripts::SETTLE_V1),
+            settle: scripts::script(scripts::SETTLE_V2),
             release: scripts::script(scripts::RELEASE_V1),
             apply_policy: scripts::script(scripts::APPLY_POLICY_V2),
             in_flight: scripts::script(scripts::IN_FLIGHT_V1),
@@ -326,14 +326,17 @@ impl MeterStore {
     }
 
     /// Counts one tenant's events, each at most once; `true` where counted now.
+    /// `now_ms` is the meter's clock: rollups' retention runs from it.
     pub async fn record(
         &self,
         tenant: &TenantId,
         events: &[StoredEvent],
+        now_ms: i64,
     ) -> Result<Vec<bool>, StoreError> {
         let mut invocation = self.record.prepare_invoke();
         invocation
             .key(tenant_key(tenant))
+            .arg(now_ms)
             .arg(self.retention.dedupe_s)
             .arg(self.retention.hourly_s)
             .arg(self.retention.daily_s);

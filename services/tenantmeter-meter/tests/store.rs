@@ -49,11 +49,11 @@ async fn events_count_once_in_every_window_and_period() {
         event("e3", NOW - 2 * 3_600_000, 400, 40),
     ];
     assert_eq!(
-        store.record(&tenant, &batch).await.unwrap(),
+        store.record(&tenant, &batch, NOW).await.unwrap(),
         [true, true, true]
     );
     assert_eq!(
-        store.record(&tenant, &batch[..2]).await.unwrap(),
+        store.record(&tenant, &batch[..2], NOW).await.unwrap(),
         [false, false],
         "a replay changes nothing"
     );
@@ -146,7 +146,7 @@ async fn lua_and_rust_agree_on_days_and_months() {
         let id = format!("cal-{n}");
         assert_eq!(
             store
-                .record(&tenant, &[event(&id, at, 7, 0)])
+                .record(&tenant, &[event(&id, at, 7, 0)], at)
                 .await
                 .unwrap(),
             [true]
