@@ -59,6 +59,14 @@ pub(crate) enum Command {
     Backtest(BacktestArgs),
     /// Print the effective configuration (every layer applied) as TOML.
     Config,
+    /// Budgets of tenants and of the fleet: set, get, list, delete
+    /// (alerting's admin API; needs the admin token).
+    Budget(BudgetArgs),
+    /// Levels: the fleet's status and a table of every tenant's, or one
+    /// tenant's status in full.
+    Status(StatusArgs),
+    /// The alert history, newest first; `alerts ack ID...` acknowledges.
+    Alerts(AlertsArgs),
 }
 
 /// Flags of `up`.
@@ -150,6 +158,203 @@ pub(crate) struct ServiceArgs {
     pub redis_url: Option<String>,
 }
 
+/// Help heading of [`OpsArgs`].
+const OPS_HEADING: &str = "Alerting client";
+
+/// Flags shared by the ops commands (`budget`, `status`, `alerts`); they may
+/// be given after any of their subcommands.
+#[derive(Debug, Args)]
+pub(crate) struct OpsArgs {
+    /// Alerting's gRPC address, plaintext `http://` (sets `alerting_url`; env
+    /// `TENANTMETER_ALERTING_URL`). Default `http://127.0.0.1:50054`.
+    #[arg(long, global = true, help_heading = OPS_HEADING, value_name = "URL")]
+    pub alerting_url: Option<String>,
+    /// Admin token of the admin calls (sets `admin_token`; env
+    /// `TENANTMETER_ADMIN_TOKEN`). Default: the one `up` keeps in
+    /// `<data-dir>/admin-token`.
+    #[arg(long, global = true, help_heading = OPS_HEADING, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// The data directory of `tenantmeter up`, where its admin token is read
+    /// from when none is configured.
+    #[arg(
+        long,
+        global = true,
+        help_heading = OPS_HEADING,
+        value_name = "DIR",
+        default_value = ".tenantmeter"
+    )]
+    pub data_dir: PathBuf,
+    /// Output: aligned text for people, or JSON (proto3 JSON names).
+    #[arg(long, global = true, help_heading = OPS_HEADING, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+/// `--format` values of the ops commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
+    /// Aligned text.
+    Text,
+    /// One JSON document (lowerCamelCase names, 64-bit integers as strings,
+    /// enums by their proto names, times in RFC 3339).
+    Json,
+}
+
+/// `tenantmeter budget`.
+#[derive(Debug, Args)]
+pub(crate) struct BudgetArgs {
+    /// Where alerting is, the token, the output format.
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: BudgetCommand,
+}
+
+/// Subcommands of `budget`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum BudgetCommand {
+    /// Set (insert or replace) the budget of a tenant or of the fleet for a
+    /// period; prints the budget as stored.
+    Set(BudgetSetArgs),
+    /// The budgets set for a tenant or for the fleet.
+    Get(SubjectArgs),
+    /// Every budget set: the fleet's first, then by tenant id.
+    List,
+    /// Remove the budget of a tenant or of the fleet for a period.
+    Delete(BudgetDeleteArgs),
+}
+
+/// `--tenant ID` or `--fleet`, exactly one.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct SubjectArgs {
+    /// A tenant.
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
+    /// The fleet: all tenants together.
+    #[arg(long)]
+    pub fleet: bool,
+}
+
+/// A calendar period of a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PeriodArg {
+    /// The calendar month.
+    Month,
+    /// The calendar day.
+    Day,
+}
+
+/// Which cost a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BasisArg {
+    /// What tenants are charged under their plans.
+    Charge,
+    /// What the provider (AWS) charges, at list price.
+    Cost,
+}
+
+/// Flags of `budget set`.
+#[derive(Debug, Args)]
+pub(crate) struct BudgetSetArgs {
+    /// Whose budget.
+    #[command(flatten)]
+    pub subject: SubjectArgs,
+    /// The budget's period.
+    #[arg(long, value_enum)]
+    pub period: PeriodArg,
+    /// The amount in USD, an exact decimal with at most 9 decimals, e.g.
+    /// `1200.50` (never read as a float).
+    #[arg(long, value_name = "USD")]
+    pub amount_usd: String,
+    /// Which cost the budget counts.
+    #[arg(long, value_enum, default_value = "charge")]
+    pub basis: BasisArg,
+    /// A hard cap: the meter denies the tenant's requests once it is spent
+    /// (tenants only; without it the budget grades the level and alerts).
+    #[arg(long)]
+    pub hard: bool,
+}
+
+/// Flags of `budget delete`.
+#[derive(Debug, Args)]
+pub(crate) struct BudgetDeleteArgs {
+    /// Whose budget.
+    #[command(flatten)]
+    pub subject: SubjectArgs,
+    /// Which of its budgets.
+    #[arg(long, value_enum)]
+    pub period: PeriodArg,
+}
+
+/// A level, as `--min-level` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LevelArg {
+    /// Yellow, orange and red.
+    Yellow,
+    /// Orange and red.
+    Orange,
+    /// Red only.
+    Red,
+}
+
+/// Flags of `status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Where alerting is, the output format.
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    /// One tenant's status in full, instead of the fleet and the table.
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
+    /// Only tenants at this level or higher in the table.
+    #[arg(long, value_enum, conflicts_with = "tenant")]
+    pub min_level: Option<LevelArg>,
+}
+
+/// `tenantmeter alerts`: lists the history unless a subcommand is given.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct AlertsArgs {
+    /// Where alerting is, the token, the output format.
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    /// Only alerts about this tenant.
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
+    /// Only alerts not acknowledged yet.
+    #[arg(long)]
+    pub unacknowledged: bool,
+    /// At most this many alerts, the newest.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// `ack`.
+    #[command(subcommand)]
+    pub command: Option<AlertsCommand>,
+}
+
+/// Subcommands of `alerts`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AlertsCommand {
+    /// Acknowledge alerts (an acknowledged alert keeps its first
+    /// acknowledgement).
+    Ack(AckArgs),
+}
+
+/// Arguments of `alerts ack`.
+#[derive(Debug, Args)]
+pub(crate) struct AckArgs {
+    /// Ids of the alerts, as `alerts` prints them.
+    #[arg(value_name = "ID", required = true)]
+    pub ids: Vec<String>,
+    /// Who acknowledges (free text, e.g. an e-mail address). Default: `$USER`.
+    #[arg(long, value_name = "WHO")]
+    pub by: Option<String>,
+    /// A comment kept with the acknowledgement.
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+}
+
 impl Cli {
     /// Loads the config: defaults < `--config` file < `env` < flags.
     pub(crate) fn load_config(&self, env: &EnvMap) -> Result<Config, ConfigError> {
@@ -200,7 +405,10 @@ impl Cli {
                     | Command::Up(_)
                     | Command::Emulator(_)
                     | Command::Backtest(_)
-                    | Command::Config => "pricing",
+                    | Command::Config
+                    | Command::Budget(_)
+                    | Command::Status(_)
+                    | Command::Alerts(_) => "pricing",
                 };
                 if let Some(addr) = args.listen {
                     loader = loader.set(&format!("{section}.listen"), &addr.to_string());
@@ -217,6 +425,16 @@ impl Cli {
             Command::Backtest(args) => {
                 if let Some(plans) = &args.plans {
                     loader = loader.set("pricing.plans_file", &plans.display().to_string());
+                }
+            }
+            Command::Budget(BudgetArgs { ops, .. })
+            | Command::Status(StatusArgs { ops, .. })
+            | Command::Alerts(AlertsArgs { ops, .. }) => {
+                if let Some(url) = &ops.alerting_url {
+                    loader = loader.set("alerting_url", url);
+                }
+                if let Some(token) = &ops.admin_token {
+                    loader = loader.set("admin_token", token);
                 }
             }
             Command::Config => {}

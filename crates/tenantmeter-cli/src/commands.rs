@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::backtest;
 use crate::cli::{Cli, Command, UpArgs};
 use crate::config::Config;
+use crate::ops;
 use crate::redis_child::{Persistence, RedisChild};
 
 /// How long background tasks may take to finish after the servers drained.
@@ -33,6 +34,10 @@ pub(crate) async fn run(cli: Cli, mut config: Config, env: EnvMap) -> ExitCode {
     let mut replay = None;
     match &cli.command {
         Command::Config => return print_config(config),
+        // Clients, not services: no telemetry, output on stdout, one line on error.
+        Command::Budget(_) | Command::Status(_) | Command::Alerts(_) => {
+            return ops::run(&cli.command, &config, &env).await;
+        }
         Command::Backtest(args) => {
             // Like a bad config value: the whole input is checked before anything
             // starts, and the one line naming the line and field is the output.
@@ -73,7 +78,14 @@ pub(crate) async fn run(cli: Cli, mut config: Config, env: EnvMap) -> ExitCode {
         (Command::Gateway(_), None) => gateway(config).await,
         (Command::Alerting(_), None) => alerting(config).await,
         (Command::Emulator(_), None) => emulator(config).await,
-        (Command::Backtest(_) | Command::Config, None) => Ok(()),
+        (
+            Command::Backtest(_)
+            | Command::Config
+            | Command::Budget(_)
+            | Command::Status(_)
+            | Command::Alerts(_),
+            None,
+        ) => Ok(()),
     };
     let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -332,17 +344,28 @@ pub(crate) async fn until_serving(service: &mut Running) -> anyhow::Result<()> {
     }
 }
 
+/// The file in `up`'s data directory that keeps its admin token.
+pub(crate) const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// The admin token kept in `data_dir` by `up`: `Ok(None)` when there is no
+/// such file or it holds no usable token (fewer than 16 characters).
+pub(crate) fn stored_admin_token(data_dir: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE)) {
+        Ok(token) => Ok((token.trim().len() >= 16).then(|| token.trim().to_owned())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// The admin token `up` uses: the configured one, else one kept in the data
 /// directory (created on first use, readable by the owner only).
 fn admin_token(configured: Option<&String>, data_dir: &Path) -> anyhow::Result<String> {
     if let Some(token) = configured {
         return Ok(token.clone());
     }
-    let path = data_dir.join("admin-token");
-    if let Ok(token) = std::fs::read_to_string(&path)
-        && token.trim().len() >= 16
-    {
-        return Ok(token.trim().to_owned());
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(Some(token)) = stored_admin_token(data_dir) {
+        return Ok(token);
     }
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes)
@@ -505,7 +528,7 @@ fn print_banner(
         ),
         None => "(not started: the gateway calls Amazon Bedrock, --bedrock aws)".to_owned(),
     };
-    let token_file = data_dir.join("admin-token");
+    let token_file = data_dir.join(ADMIN_TOKEN_FILE);
     let token_file = token_file.display();
     println!(
         "\

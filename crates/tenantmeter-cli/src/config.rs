@@ -11,15 +11,23 @@ use tenantmeter_meter::MeterConfig;
 use tenantmeter_pricing::PricingConfig;
 use tenantmeter_runtime::config::{ConfigError, RedisConfig, TelemetryConfig, Validate};
 
+/// Where the ops commands (`budget`, `status`, `alerts`) reach alerting when
+/// neither `--alerting-url` nor `TENANTMETER_ALERTING_URL` says otherwise.
+pub(crate) const DEFAULT_ALERTING_URL: &str = "http://127.0.0.1:50054";
+
 /// Everything the binary can be configured with.
 // Not `Eq`: the level policy in `[alerting.levels]` has float thresholds (z-scores).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Config {
     /// Token that admin RPCs must present as `authorization: Bearer <token>`.
     /// Unset: admin APIs answer PERMISSION_DENIED (`up` generates one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// Alerting's gRPC address as the ops commands call it (plaintext).
+    /// Default [`DEFAULT_ALERTING_URL`]; a top-level key so that
+    /// `TENANTMETER_ALERTING_URL` and `--alerting-url` set it.
+    pub alerting_url: String,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
     /// Redis used by every service (`up` starts a private one instead unless
@@ -35,6 +43,22 @@ pub(crate) struct Config {
     pub alerting: AlertingConfig,
     /// The Bedrock emulator that `up` runs (and `tenantmeter emulator`).
     pub emulator: EmulatorSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            alerting_url: DEFAULT_ALERTING_URL.to_owned(),
+            telemetry: TelemetryConfig::default(),
+            redis: RedisConfig::default(),
+            pricing: PricingConfig::default(),
+            meter: MeterConfig::default(),
+            gateway: GatewayConfig::default(),
+            alerting: AlertingConfig::default(),
+            emulator: EmulatorSection::default(),
+        }
+    }
 }
 
 /// The `[emulator]` section.
@@ -91,6 +115,19 @@ impl Validate for Config {
             return Err(ConfigError::new(
                 "admin_token",
                 "must be at least 16 characters (it guards every admin RPC)",
+            ));
+        }
+        let plaintext = self
+            .alerting_url
+            .strip_prefix("http://")
+            .is_some_and(|rest| !rest.is_empty());
+        if !plaintext {
+            return Err(ConfigError::new(
+                "alerting_url",
+                format!(
+                    "{:?} must be http://HOST:PORT (the ops commands call alerting in plaintext)",
+                    self.alerting_url
+                ),
             ));
         }
         self.telemetry

@@ -6,6 +6,7 @@ mod backtest;
 mod cli;
 mod commands;
 mod config;
+mod ops;
 mod redis_child;
 
 use std::process::ExitCode;
