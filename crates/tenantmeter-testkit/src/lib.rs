@@ -38,7 +38,7 @@ mod server;
 mod wait;
 
 pub use cluster::{RedisCluster, RedisClusterBuilder};
-pub use otlp::{CollectedSpan, OtlpReceiver};
+pub use otlp::{CollectedEvent, CollectedSpan, OtlpReceiver};
 pub use port::free_port;
 pub use server::{RedisServer, RedisServerBuilder};
 pub use wait::{poll_until_ok, wait_until};

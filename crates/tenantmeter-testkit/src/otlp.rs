@@ -53,6 +53,8 @@ use crate::wait::poll_until_ok;
 pub use opentelemetry_proto::tonic as proto;
 /// The value of an attribute.
 pub use opentelemetry_proto::tonic::common::v1::any_value::Value as AttributeValue;
+/// An event of a span, as received (see [`CollectedEvent`]).
+pub use opentelemetry_proto::tonic::trace::v1::span::Event as SpanEvent;
 /// Server, client, internal...: `otel.kind` of a `tracing` span.
 pub use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
@@ -132,6 +134,28 @@ impl CollectedSpan {
         }
     }
 
+    /// The span's events (`tracing` events recorded inside it), in the order
+    /// they were recorded.
+    #[must_use]
+    pub fn events(&self) -> Vec<CollectedEvent<'_>> {
+        self.span
+            .events
+            .iter()
+            .map(|event| CollectedEvent { event })
+            .collect()
+    }
+
+    /// The span's events named `name`, in order. A `tracing` event's name is
+    /// its message (`tracing::info!(tenant = %t, "level transition")` is an
+    /// event `level transition`).
+    #[must_use]
+    pub fn events_named(&self, name: &str) -> Vec<CollectedEvent<'_>> {
+        self.events()
+            .into_iter()
+            .filter(|event| event.name() == name)
+            .collect()
+    }
+
     /// Every piece of text the span carries, each with where it is: its name,
     /// attribute keys and values (nested ones too), its events' names and
     /// attributes, its links' attributes and its status message. What a
@@ -161,6 +185,82 @@ impl CollectedSpan {
             .into_iter()
             .find(|(_, text)| text.contains(needle))
             .map(|(place, _)| place)
+    }
+}
+
+/// One event of a [`CollectedSpan`], borrowed from it.
+///
+/// `tracing-opentelemetry` names the event after its message and makes each
+/// other field an attribute of the same name (`tenant`, `from`...), adding
+/// `level` (`INFO`...), `target` and, with locations on, `code.file.path`,
+/// `code.module.name` and `code.line.number`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CollectedEvent<'a> {
+    /// The event as received.
+    pub event: &'a SpanEvent,
+}
+
+impl<'a> CollectedEvent<'a> {
+    /// The event's name.
+    #[must_use]
+    pub fn name(&self) -> &'a str {
+        &self.event.name
+    }
+
+    /// When it was recorded, in nanoseconds since the Unix epoch.
+    #[must_use]
+    pub fn time_unix_nano(&self) -> u64 {
+        self.event.time_unix_nano
+    }
+
+    /// The value of attribute `key`.
+    #[must_use]
+    pub fn attribute(&self, key: &str) -> Option<&'a AttributeValue> {
+        self.event
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    }
+
+    /// The value of string attribute `key`.
+    #[must_use]
+    pub fn str_attribute(&self, key: &str) -> Option<&'a str> {
+        if let AttributeValue::StringValue(s) = self.attribute(key)? {
+            Some(s)
+        } else {
+            None
+        }
+    }
+
+    /// The value of integer attribute `key`.
+    #[must_use]
+    pub fn int_attribute(&self, key: &str) -> Option<i64> {
+        if let AttributeValue::IntValue(i) = self.attribute(key)? {
+            Some(*i)
+        } else {
+            None
+        }
+    }
+
+    /// The value of boolean attribute `key`.
+    #[must_use]
+    pub fn bool_attribute(&self, key: &str) -> Option<bool> {
+        if let AttributeValue::BoolValue(b) = self.attribute(key)? {
+            Some(*b)
+        } else {
+            None
+        }
+    }
+
+    /// The attributes' keys, in order.
+    #[must_use]
+    pub fn attribute_keys(&self) -> Vec<&'a str> {
+        self.event
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect()
     }
 }
 
@@ -516,6 +616,52 @@ mod tests {
 
         receiver.clear();
         assert!(receiver.spans().is_empty());
+        receiver.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reads_the_events_of_a_span() {
+        let receiver = OtlpReceiver::start().await.unwrap();
+        let mut client = TraceServiceClient::connect(receiver.endpoint())
+            .await
+            .unwrap();
+        let mut request = request();
+        let span = &mut request.resource_spans[0].scope_spans[0].spans[0];
+        span.events.push(Event {
+            name: "level transition".to_owned(),
+            time_unix_nano: 42,
+            attributes: vec![
+                kv("tenant", AttributeValue::StringValue("acme".into())),
+                kv("shadow", AttributeValue::BoolValue(false)),
+                kv("code.line.number", AttributeValue::IntValue(7)),
+            ],
+            ..Default::default()
+        });
+        client.export(request).await.unwrap();
+
+        let span = receiver
+            .wait_for_span(Duration::from_secs(5), |s| s.name() == "chat sonnet")
+            .await
+            .unwrap();
+        let names: Vec<&str> = span.events().iter().map(CollectedEvent::name).collect();
+        assert_eq!(names, ["settled", "level transition"]);
+        let settled = span.events_named("settled");
+        assert_eq!(settled.len(), 1);
+        assert_eq!(settled[0].str_attribute("note"), Some("event text"));
+        let transitions = span.events_named("level transition");
+        assert_eq!(transitions.len(), 1);
+        let transition = transitions[0];
+        assert_eq!(transition.time_unix_nano(), 42);
+        assert_eq!(transition.str_attribute("tenant"), Some("acme"));
+        assert_eq!(transition.bool_attribute("shadow"), Some(false));
+        assert_eq!(transition.int_attribute("code.line.number"), Some(7));
+        assert_eq!(transition.str_attribute("shadow"), None);
+        assert_eq!(transition.attribute("absent"), None);
+        assert_eq!(
+            transition.attribute_keys(),
+            ["tenant", "shadow", "code.line.number"]
+        );
+        assert!(span.events_named("absent").is_empty());
         receiver.stop().await.unwrap();
     }
 

@@ -750,9 +750,18 @@ impl Engine {
         )
         .map_err(|e| PassError::Inputs(Status::internal(e.to_string())))?;
         if let Some(alert) = &fleet.alert {
+            let name = |level: i32| {
+                crate::status::level_from_proto(level).map_or("unspecified", Level::as_str)
+            };
             tracing::info!(
-                from = fleet.status.previous_level().as_str_name(),
-                to = fleet.status.level().as_str_name(),
+                from = name(fleet.status.previous_level),
+                to = name(fleet.status.level),
+                reason = fleet
+                    .status
+                    .reasons
+                    .first()
+                    .map_or("", |r| r.message.as_str()),
+                shadow = alert.shadow,
                 "fleet level transition"
             );
             outcome.alerts.push(alert.clone());
