@@ -39,7 +39,10 @@ pub(crate) fn state_status(error: StateError) -> Status {
             tracing::error!(why, "alerting state");
             Status::internal(why)
         }
-        StateError::Redis(_) | StateError::Timeout(_) | StateError::LeaseLost(_) => {
+        StateError::Redis(_)
+        | StateError::Timeout(_)
+        | StateError::LeaseLost(_)
+        | StateError::FleetLeaseLost => {
             tracing::warn!(%error, "alerting state");
             tenantmeter_runtime::error::unavailable("redis", std::time::Duration::from_secs(1))
         }

@@ -127,9 +127,17 @@ impl From<PassError> for Status {
                 }
             }
             PassError::State(StateError::Corrupt(why)) => Status::internal(why),
-            PassError::State(
-                StateError::Redis(_) | StateError::Timeout(_) | StateError::LeaseLost(_),
-            ) => tenantmeter_runtime::error::unavailable("redis", Duration::from_secs(1)),
+            PassError::State(StateError::Redis(_) | StateError::Timeout(_)) => {
+                tenantmeter_runtime::error::unavailable("redis", Duration::from_secs(1))
+            }
+            PassError::State(lost @ (StateError::LeaseLost(_) | StateError::FleetLeaseLost)) => {
+                tracing::warn!(error = %lost, "pass stopped: another replica took the lease");
+                tenantmeter_runtime::error::failed_precondition(
+                    "tenantmeter.alerting",
+                    "SHARD_HELD_ELSEWHERE",
+                    lost.to_string(),
+                )
+            }
             PassError::Inputs(status) => status,
             not_owner @ PassError::NotOwner(_) => tenantmeter_runtime::error::failed_precondition(
                 "tenantmeter.alerting",
@@ -505,6 +513,9 @@ impl Engine {
                 shard_count: i32::try_from(self.config.shards).unwrap_or(1),
                 shard_index: i32::try_from(shard).unwrap_or(0),
                 as_of: Some(ms_to_timestamp(as_of_ms)),
+                // The rate is the five-minute window's; the others would be
+                // read and summed for every tenant for nothing.
+                windows: vec![pb::UsageWindow::FiveMinutes.into()],
             };
             let mut meter = self.meter.clone();
             let mut call = tonic::Request::new(request);
@@ -618,6 +629,16 @@ impl Engine {
                 }
             })
             .collect();
+        // A pass over a large shard can outlast the lease: renew it before
+        // each write, so a long pass keeps its shard instead of losing it
+        // halfway (the commit script still fences a replica that lost it).
+        if !self
+            .state
+            .lease_shard(shard, &self.token, self.config.lease_ttl)
+            .await?
+        {
+            return Err(StateError::LeaseLost(shard).into());
+        }
         for chunk in commits.chunks(500) {
             self.state.commit_shard(shard, &self.token, chunk).await?;
         }
@@ -767,6 +788,13 @@ impl Engine {
             outcome.alerts.push(alert.clone());
         }
         if mode == PassMode::Commit {
+            if !self
+                .state
+                .lease_fleet(&self.token, self.config.lease_ttl)
+                .await?
+            {
+                return Err(StateError::FleetLeaseLost.into());
+            }
             self.state
                 .commit_fleet(
                     &self.token,

@@ -52,6 +52,9 @@ pub enum StateError {
     /// The shard's lease is held by another replica: nothing was written.
     #[error("shard {0} is evaluated by another replica")]
     LeaseLost(u32),
+    /// The fleet's lease is held by another replica: nothing was written.
+    #[error("the fleet is evaluated by another replica")]
+    FleetLeaseLost,
     /// Stored data this code did not write.
     #[error("stored alerting state is corrupt: {0}")]
     Corrupt(String),
@@ -713,7 +716,7 @@ impl StateStore {
         if written == 1 {
             Ok(())
         } else {
-            Err(StateError::LeaseLost(u32::MAX))
+            Err(StateError::FleetLeaseLost)
         }
     }
 }

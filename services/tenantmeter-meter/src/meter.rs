@@ -101,6 +101,27 @@ fn figures(f: &Figures) -> pb::UsageFigures {
     }
 }
 
+/// The windows a ListTenantUsage asks for; none named means all.
+fn requested_windows(values: &[i32]) -> Result<Vec<Window>, MeterError> {
+    if values.is_empty() {
+        return Ok(Window::ALL.to_vec());
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| match pb::UsageWindow::try_from(*value) {
+            Ok(pb::UsageWindow::OneMinute) => Ok(Window::OneMinute),
+            Ok(pb::UsageWindow::FiveMinutes) => Ok(Window::FiveMinutes),
+            Ok(pb::UsageWindow::OneHour) => Ok(Window::OneHour),
+            Ok(pb::UsageWindow::OneDay) => Ok(Window::OneDay),
+            Ok(pb::UsageWindow::Unspecified) | Err(_) => Err(MeterError::invalid(
+                format!("windows[{i}]"),
+                format!("{value} is not a window"),
+            )),
+        })
+        .collect()
+}
+
 fn window_usage(all: &[Figures]) -> Vec<pb::WindowUsage> {
     Window::ALL
         .iter()
@@ -609,9 +630,10 @@ impl Meter {
         tenant: &TenantId,
         as_of: i64,
         include_models: bool,
+        wanted: &[Window],
     ) -> Result<pb::TenantUsage, MeterError> {
         let snapshot: UsageSnapshot = self
-            .within(self.store.usage(tenant, as_of, include_models))
+            .within(self.store.usage(tenant, as_of, include_models, wanted))
             .await?;
         let book = self.prices.current();
         let plan = book
@@ -651,7 +673,12 @@ impl Meter {
         Ok(pb::TenantUsage {
             tenant_id: tenant.to_string(),
             as_of: Some(ms_timestamp(as_of)),
-            windows: window_usage(&snapshot.windows),
+            windows: window_usage(&snapshot.windows)
+                .into_iter()
+                .zip(Window::ALL)
+                .filter(|(_, window)| wanted.contains(window))
+                .map(|(usage, _)| usage)
+                .collect(),
             periods: vec![
                 period_usage(
                     CalendarPeriod::Day,
@@ -684,7 +711,10 @@ impl Meter {
         let tenant = tenant(&request.tenant_id, "tenant_id")?;
         let as_of = self.as_of(request.as_of.as_ref())?;
         Ok(pb::GetUsageResponse {
-            usage: Some(self.usage(&tenant, as_of, request.include_models).await?),
+            usage: Some(
+                self.usage(&tenant, as_of, request.include_models, &Window::ALL)
+                    .await?,
+            ),
         })
     }
 
@@ -716,6 +746,7 @@ impl Meter {
         let (mut index_shard, after) =
             crate::paging::decode(&request.page_token, shard_count, shard_index)?;
         let as_of = self.as_of(request.as_of.as_ref())?;
+        let wanted = requested_windows(&request.windows)?;
         let since = as_of - crate::store::ACTIVE_FOR_MS;
         let mut page: Vec<TenantId> = Vec::new();
         let mut next = None;
@@ -748,7 +779,7 @@ impl Meter {
         }
         let tenants = futures::future::join_all(
             page.iter()
-                .map(|t| self.usage(t, as_of, request.include_models)),
+                .map(|t| self.usage(t, as_of, request.include_models, &wanted)),
         )
         .await
         .into_iter()
@@ -778,7 +809,10 @@ impl Meter {
                     continue;
                 };
                 let snapshot = self
-                    .within(self.store.usage(&tenant, as_of, request.include_models))
+                    .within(
+                        self.store
+                            .usage(&tenant, as_of, request.include_models, &Window::ALL),
+                    )
                     .await?;
                 active += 1;
                 for (sum, f) in windows.iter_mut().zip(&snapshot.windows) {

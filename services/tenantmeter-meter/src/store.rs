@@ -151,26 +151,45 @@ type Hash = HashMap<String, String>;
 
 /// Sums the ring slots of a window hash that fall in the window at `now_ms`.
 fn sum_window(window: Window, now_ms: i64, fields: &HashMap<String, String>) -> Figures {
+    // One walk over the fields the ring holds (a quiet tenant's are few),
+    // not a lookup of every slot x metric of the window: ListTenantUsage runs
+    // this for every tenant of the fleet.
+    let covered = window.covered(now_ms);
+    let mut live = [false; RING_SLOTS];
+    for (field, value) in fields {
+        if let Some(slot) = field.strip_suffix(".s")
+            && let (Ok(slot), Ok(bucket)) = (slot.parse::<i64>(), value.parse::<i64>())
+            && covered.contains(&bucket)
+            && Window::slot(bucket) == slot
+            && let Some(flag) = usize::try_from(slot).ok().and_then(|i| live.get_mut(i))
+        {
+            *flag = true;
+        }
+    }
     let mut figures = Figures::default();
-    for bucket in window.covered(now_ms) {
-        let slot = Window::slot(bucket);
-        let stamp = fields
-            .get(&format!("{slot}.s"))
-            .and_then(|s| s.parse::<i64>().ok());
-        if stamp != Some(bucket) {
+    for (field, value) in fields {
+        let Some((slot, metric)) = field.split_once('.') else {
+            continue;
+        };
+        if metric == "s" {
             continue;
         }
-        for metric in ["r", "i", "o", "cr", "cw", "c", "rv"] {
-            if let Some(value) = fields
-                .get(&format!("{slot}.{metric}"))
-                .and_then(|v| v.parse::<i128>().ok())
-            {
-                figures.add(metric, value);
-            }
+        let is_live = slot
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| live.get(i))
+            .copied()
+            .unwrap_or(false);
+        if is_live && let Ok(value) = value.parse::<i128>() {
+            figures.add(metric, value);
         }
     }
     figures
 }
+
+/// Slots of a window's ring.
+const RING_SLOTS: usize = 120;
+const _: () = assert!(RING_SLOTS as i64 == tenantmeter_domain::window::RING);
 
 /// A tenant's current figures as read from Redis.
 #[derive(Debug, Clone, Default)]
@@ -511,35 +530,55 @@ impl MeterStore {
     }
 
     /// A tenant's figures at `now_ms` (windows, day, month, in flight).
+    ///
+    /// Only the windows in `wanted` are read; the others are left empty in
+    /// `UsageSnapshot::windows` (which stays in `Window::ALL` order).
     pub async fn usage(
         &self,
         tenant: &TenantId,
         now_ms: i64,
         include_models: bool,
+        wanted: &[Window],
     ) -> Result<UsageSnapshot, StoreError> {
         let base = tenant_key(tenant);
         let mut pipe = redis::pipe();
-        for window in Window::ALL {
-            pipe.hgetall(format!("{base}:w:{}", window.key()));
-        }
         pipe.hgetall(format!("{base}:d:{}", day_index(now_ms)))
             .hgetall(format!("{base}:mo:{}", month_index(now_ms)))
             .hget(format!("{base}:meta"), "last");
+        for window in Window::ALL.iter().filter(|w| wanted.contains(w)) {
+            pipe.hgetall(format!("{base}:w:{}", window.key()));
+        }
         let mut conn = self.conn();
-        #[allow(clippy::type_complexity)] // one tuple per pipelined command
-        let (w0, w1, w2, w3, day, month, last): (
-            Hash,
-            Hash,
-            Hash,
-            Hash,
-            Hash,
-            Hash,
-            Option<i64>,
-        ) = pipe.query_async(&mut conn).await?;
-        let windows = [w0, w1, w2, w3]
+        let (day, month, last, read): (Hash, Hash, Option<i64>, Vec<Hash>) = {
+            let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
+            let reply = |e: redis::ParsingError| StoreError::Reply(e.to_string());
+            let read = values
+                .split_off(3.min(values.len()))
+                .into_iter()
+                .map(redis::from_redis_value::<Hash>)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(reply)?;
+            let mut values = values.into_iter();
+            let mut next = || values.next().unwrap_or(Value::Nil);
+            (
+                redis::from_redis_value(next()).map_err(reply)?,
+                redis::from_redis_value(next()).map_err(reply)?,
+                redis::from_redis_value(next()).map_err(reply)?,
+                read,
+            )
+        };
+        let mut read = read.into_iter();
+        let windows = Window::ALL
             .iter()
-            .zip(Window::ALL)
-            .map(|(fields, window)| sum_window(window, now_ms, fields))
+            .map(|window| {
+                if wanted.contains(window) {
+                    read.next()
+                        .map(|fields| sum_window(*window, now_ms, &fields))
+                        .unwrap_or_default()
+                } else {
+                    Figures::default()
+                }
+            })
             .collect();
         let in_flight: (u64, u64) = self
             .in_flight

@@ -606,6 +606,33 @@ async fn history_and_listing(backend: Backend) {
         .unwrap_err();
     assert_eq!(misaligned.code(), Code::InvalidArgument);
 
+    // A bulk reader may ask for one window: only it is read and answered.
+    let five = meter
+        .list_tenant_usage(pb::ListTenantUsageRequest {
+            windows: vec![pb::UsageWindow::FiveMinutes.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!five.tenants.is_empty());
+    for tenant in &five.tenants {
+        let windows: Vec<_> = tenant.windows.iter().map(|w| w.window()).collect();
+        assert_eq!(windows, [pb::UsageWindow::FiveMinutes]);
+    }
+    let bad_window = meter
+        .list_tenant_usage(pb::ListTenantUsageRequest {
+            windows: vec![pb::UsageWindow::FiveMinutes.into(), 0],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_window.code(), Code::InvalidArgument);
+    assert!(
+        bad_window.message().contains("windows[1]"),
+        "{bad_window:?}"
+    );
+
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {

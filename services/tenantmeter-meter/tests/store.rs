@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tenantmeter_domain::ids::TenantId;
 use tenantmeter_domain::usage::TokenUsage;
+use tenantmeter_domain::window::Window;
 use tenantmeter_meter::store::{MeterStore, ReserveArgs, Retention, StoredEvent};
 use tenantmeter_testkit::RedisServer;
 
@@ -57,7 +58,7 @@ async fn events_count_once_in_every_window_and_period() {
         [false, false],
         "a replay changes nothing"
     );
-    let usage = store.usage(&tenant, NOW, true).await.unwrap();
+    let usage = store.usage(&tenant, NOW, true, &Window::ALL).await.unwrap();
     let [minute, five, hour, day] = usage.windows.as_slice() else {
         panic!("four windows")
     };
@@ -151,7 +152,7 @@ async fn lua_and_rust_agree_on_days_and_months() {
                 .unwrap(),
             [true]
         );
-        let usage = store.usage(&tenant, at, false).await.unwrap();
+        let usage = store.usage(&tenant, at, false, &Window::ALL).await.unwrap();
         assert_eq!(usage.day.total.tokens.input, 7, "{y}-{m}-{d}: day");
         assert!(usage.month.total.requests >= 1, "{y}-{m}-{d}: month");
         let month_sum: u64 = dates[..=n]
