@@ -469,10 +469,26 @@ impl Engine {
                 .collect(),
             (None, PassMode::WhatIf) => (0..self.config.shards).collect(),
         };
-        for shard in shards {
+        // Shards are independent (own keys, own lease, own memory): evaluate
+        // them concurrently, so the meter's listing of one overlaps the
+        // evaluation and commits of another. Outcomes merge in shard order.
+        let parts = futures::future::join_all(shards.iter().map(|&shard| {
             let only = named.as_ref().and_then(|n| n.get(&shard));
-            self.shard_pass(shard, as_of_ms, mode, only, &inputs, &mut outcome)
-                .await?;
+            let inputs = &inputs;
+            async move {
+                let mut part = PassOutcome::default();
+                self.shard_pass(shard, as_of_ms, mode, only, inputs, &mut part)
+                    .await
+                    .map(|()| part)
+            }
+        }))
+        .await;
+        for part in parts {
+            let part = part?;
+            outcome.statuses.extend(part.statuses);
+            outcome.alerts.extend(part.alerts);
+            outcome.tenants_evaluated += part.tenants_evaluated;
+            outcome.tenants_skipped += part.tenants_skipped;
         }
         if named.is_none() {
             outcome.fleet = self
