@@ -509,8 +509,17 @@ impl Engine {
     ) -> Result<(), PassError> {
         // The shard's state: ours in memory, or (what-if on a shard held
         // elsewhere) as stored.
-        let mut memory = match self.shards.lock().await.get(&shard) {
-            Some(memory) => memory.clone(),
+        // A committing pass takes the shard's state out of the map and puts
+        // it back when done (no copy of every baseline per pass); if the pass
+        // fails it stays out, and the next lease renewal reloads it from
+        // Redis, which has exactly what was committed. A what-if works on a
+        // copy.
+        let held = match mode {
+            PassMode::Commit => self.shards.lock().await.remove(&shard),
+            PassMode::WhatIf => self.shards.lock().await.get(&shard).cloned(),
+        };
+        let mut memory = match held {
+            Some(memory) => memory,
             None => ShardMemory::from(self.state.load_shard(shard).await?),
         };
         if mode == PassMode::Commit {
@@ -604,9 +613,7 @@ impl Engine {
                 self.state.put_summary(shard, &summary).await?;
             }
             self.flush_outbox(shard, &mut memory).await;
-            if let Some(slot) = self.shards.lock().await.get_mut(&shard) {
-                *slot = memory;
-            }
+            self.shards.lock().await.insert(shard, memory);
         }
         Ok(())
     }
