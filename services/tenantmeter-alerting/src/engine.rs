@@ -34,8 +34,8 @@ use crate::state::{
     ContributorSummary, FleetRecord, ShardSnapshot, ShardSummary, StateError, StateStore,
     TenantCommit, TenantRecord, rank_member,
 };
+use crate::status::level_to_proto;
 use crate::step::{self, PassInputs, TenantStep};
-use crate::throttle::level_to_proto;
 
 /// One shard's state held in memory by its lease holder.
 #[derive(Debug, Default, Clone)]

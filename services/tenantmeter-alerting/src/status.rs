@@ -7,7 +7,6 @@ use tenantmeter_domain::levels::{
 use tenantmeter_proto::v1 as pb;
 
 use crate::budgets::{Enforcement, basis_to_proto, ms_to_timestamp, period_to_proto};
-use crate::throttle::level_to_proto;
 
 /// The contract's reason code.
 pub const fn reason_code_to_proto(code: ReasonCode) -> pb::ReasonCode {
@@ -20,6 +19,16 @@ pub const fn reason_code_to_proto(code: ReasonCode) -> pb::ReasonCode {
         ReasonCode::NegativeMargin => pb::ReasonCode::NegativeMargin,
         ReasonCode::CoMovement => pb::ReasonCode::CoMovement,
         ReasonCode::Cooldown => pb::ReasonCode::Cooldown,
+    }
+}
+
+/// The contract's level.
+pub const fn level_to_proto(level: Level) -> pb::Level {
+    match level {
+        Level::Green => pb::Level::Green,
+        Level::Yellow => pb::Level::Yellow,
+        Level::Orange => pb::Level::Orange,
+        Level::Red => pb::Level::Red,
     }
 }
 

@@ -19,10 +19,8 @@ use crate::observe::{
     ObserveError, RATE_WINDOW_MS, baseline_sample, observe_fleet, observe_tenant,
 };
 use crate::state::{FleetRecord, ShardSummary, TenantRecord};
-use crate::status::{budget_use, month_spend, reasons_to_proto, spend_rate};
-use crate::throttle::{
-    self, Contribution, HardCap, ThrottleConfig, ThrottleInput, level_to_proto, needs_sending,
-};
+use crate::status::{budget_use, level_to_proto, month_spend, reasons_to_proto, spend_rate};
+use crate::throttle::{self, Contribution, HardCap, ThrottleConfig, ThrottleInput, needs_sending};
 
 /// What every subject of a pass shares.
 #[derive(Debug, Clone, Default)]

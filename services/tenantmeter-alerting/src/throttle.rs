@@ -28,6 +28,8 @@ use tenantmeter_domain::levels::{Level, Reason};
 use tenantmeter_domain::window::HOUR_MS;
 use tenantmeter_proto::v1 as pb;
 
+use crate::status::level_to_proto;
+
 /// How levels become policies. The `[alerting.throttle]` config section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -334,16 +336,6 @@ pub fn fleet_caps(
         );
     }
     caps
-}
-
-/// The contract's level.
-pub const fn level_to_proto(level: Level) -> pb::Level {
-    match level {
-        Level::Green => pb::Level::Green,
-        Level::Yellow => pb::Level::Yellow,
-        Level::Orange => pb::Level::Orange,
-        Level::Red => pb::Level::Red,
-    }
 }
 
 #[cfg(test)]

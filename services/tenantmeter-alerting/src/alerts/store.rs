@@ -30,7 +30,7 @@
 //! layout change gets new scripts. Needs Redis 6.2 or later (exclusive XRANGE).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -629,7 +629,8 @@ impl AlertStore {
     ) {
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         loop {
-            let horizon = unix_ms(clock.now()).saturating_sub(retention_ms);
+            let horizon =
+                tenantmeter_runtime::clock::unix_ms(clock.now()).saturating_sub(retention_ms);
             loop {
                 if shutdown.is_cancelled() {
                     return;
@@ -706,14 +707,6 @@ impl AlertStore {
             gap: gap == 1,
             entries,
         })
-    }
-}
-
-/// Unix ms of `time` (before the epoch: negative; out of range: saturated).
-fn unix_ms(time: SystemTime) -> i64 {
-    match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
-        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
 }
 

@@ -317,29 +317,7 @@ fn is_loopback_host(host: &str) -> bool {
     bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The domain level of a contract `Level`; `None` for unspecified and for
-/// values this build does not know.
-#[must_use]
-pub fn level_from_proto(value: i32) -> Option<Level> {
-    match pb::Level::try_from(value) {
-        Ok(pb::Level::Green) => Some(Level::Green),
-        Ok(pb::Level::Yellow) => Some(Level::Yellow),
-        Ok(pb::Level::Orange) => Some(Level::Orange),
-        Ok(pb::Level::Red) => Some(Level::Red),
-        Ok(pb::Level::Unspecified) | Err(_) => None,
-    }
-}
-
-/// The contract's `Level` of `level`.
-#[must_use]
-pub fn level_to_proto(level: Level) -> pb::Level {
-    match level {
-        Level::Green => pb::Level::Green,
-        Level::Yellow => pb::Level::Yellow,
-        Level::Orange => pb::Level::Orange,
-        Level::Red => pb::Level::Red,
-    }
-}
+pub use crate::status::{level_from_proto, level_to_proto};
 
 impl SinkSecret {
     /// Validates a secret (request field `secret`): at least

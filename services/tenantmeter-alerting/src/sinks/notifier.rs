@@ -14,10 +14,11 @@ use tenantmeter_proto::v1 as pb;
 use tenantmeter_runtime::clock::{Clock, to_timestamp};
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Claimed, Finish, duration_ms, unix_ms};
+use super::store::{Claimed, Finish, duration_ms};
 use super::webhook::{self, PostOutcome, USER_AGENT, notification_id};
 use super::{SinkError, SinkStore, level_to_proto};
 use crate::budgets::{RETRY_AFTER, Subject};
+use tenantmeter_runtime::clock::unix_ms;
 
 /// The worker's knobs: a `[notifier]` section of the service's TOML config
 /// (durations as `"250ms"`, `"5m"`). Every field has a default.

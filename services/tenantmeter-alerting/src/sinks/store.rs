@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -261,12 +261,6 @@ return 1
 #[must_use]
 pub fn due_member(alert_id: &str, sink_id: &str) -> String {
     format!("{alert_id} {sink_id}")
-}
-
-/// `time` as Unix ms (0 before the epoch, saturating far after it).
-pub(crate) fn unix_ms(time: SystemTime) -> i64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `duration` in ms, saturating.
@@ -509,7 +503,7 @@ impl SinkStore {
     }
 
     fn now_ms(&self) -> i64 {
-        unix_ms(self.clock.now())
+        tenantmeter_runtime::clock::unix_ms(self.clock.now())
     }
 
     /// Inserts or replaces a sink (keyed by sink id) and returns it as stored.
