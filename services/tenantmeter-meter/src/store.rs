@@ -544,16 +544,32 @@ impl MeterStore {
         let mut pipe = redis::pipe();
         pipe.hgetall(format!("{base}:d:{}", day_index(now_ms)))
             .hgetall(format!("{base}:mo:{}", month_index(now_ms)))
-            .hget(format!("{base}:meta"), "last");
+            .hget(format!("{base}:meta"), "last")
+            // In flight, read in the same round trip; the purging script
+            // runs only when a lease has run out unreleased (rare), which is
+            // all it would change.
+            .cmd("HMGET")
+            .arg(format!("{base}:inf"))
+            .arg("r")
+            .arg("t")
+            .zcount(format!("{base}:rx"), "-inf", now_ms);
         for window in Window::ALL.iter().filter(|w| wanted.contains(w)) {
             pipe.hgetall(format!("{base}:w:{}", window.key()));
         }
         let mut conn = self.conn();
-        let (day, month, last, read): (Hash, Hash, Option<i64>, Vec<Hash>) = {
+        #[allow(clippy::type_complexity)] // one element per pipelined command
+        let (day, month, last, inflight, expired, read): (
+            Hash,
+            Hash,
+            Option<i64>,
+            (Option<u64>, Option<u64>),
+            u64,
+            Vec<Hash>,
+        ) = {
             let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
             let reply = |e: redis::ParsingError| StoreError::Reply(e.to_string());
             let read = values
-                .split_off(3.min(values.len()))
+                .split_off(5.min(values.len()))
                 .into_iter()
                 .map(redis::from_redis_value::<Hash>)
                 .collect::<Result<Vec<_>, _>>()
@@ -561,6 +577,8 @@ impl MeterStore {
             let mut values = values.into_iter();
             let mut next = || values.next().unwrap_or(Value::Nil);
             (
+                redis::from_redis_value(next()).map_err(reply)?,
+                redis::from_redis_value(next()).map_err(reply)?,
                 redis::from_redis_value(next()).map_err(reply)?,
                 redis::from_redis_value(next()).map_err(reply)?,
                 redis::from_redis_value(next()).map_err(reply)?,
@@ -580,12 +598,15 @@ impl MeterStore {
                 }
             })
             .collect();
-        let in_flight: (u64, u64) = self
-            .in_flight
-            .key(&base)
-            .arg(now_ms)
-            .invoke_async(&mut conn)
-            .await?;
+        let in_flight: (u64, u64) = if expired == 0 {
+            (inflight.0.unwrap_or(0), inflight.1.unwrap_or(0))
+        } else {
+            self.in_flight
+                .key(&base)
+                .arg(now_ms)
+                .invoke_async(&mut conn)
+                .await?
+        };
         let month = parse_rollup(month);
         let mut model_windows = BTreeMap::new();
         if include_models && !month.models.is_empty() {

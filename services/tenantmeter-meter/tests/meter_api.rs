@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use support::{Backend, MICRO, SONNET, Stack, event, now_ms, ts, window};
 use tenantmeter_proto::v1 as pb;
+use tenantmeter_proto::v1::meter_service_client::MeterServiceClient;
 use tonic::Code;
+use tonic::transport::Channel;
 
 /// Runs a scenario once on each backend.
 macro_rules! on_both_backends {
@@ -433,6 +435,38 @@ async fn leases_expire_and_free_their_capacity(backend: Backend) {
         }
         other => panic!("{other:?}"),
     }
+    let in_flight = |meter: MeterServiceClient<Channel>| async move {
+        let mut meter = meter;
+        meter
+            .get_usage(pb::GetUsageRequest {
+                tenant_id: "short".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .usage
+                    .unwrap()
+                    .in_flight
+                    .unwrap()
+                    .reservations
+            })
+    };
+    assert_eq!(in_flight(meter.clone()).await.unwrap(), 1);
+    // Once the lease has run out, the figures no longer count it in flight
+    // (the read purges it), before any other write.
+    tenantmeter_testkit::poll_until_ok(Duration::from_secs(5), || {
+        let meter = meter.clone();
+        async move {
+            match in_flight(meter).await {
+                Ok(0) => Ok(()),
+                Ok(n) => Err(format!("{n} in flight")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap();
     // The unsettled lease ends within 2 s; poll, don't sleep.
     tenantmeter_testkit::poll_until_ok(Duration::from_secs(5), || {
         let mut meter = meter.clone();
