@@ -23,7 +23,7 @@
 //! | `{al}:fleet:lease` | string | token of the replica evaluating the fleet |
 //! | `{al}:summary` | hash | shard -> [`ShardSummary`] JSON of its last pass |
 //!
-//! `<rank>` is `9 - level` (`6` red ... `9` green or unknown), so ZRANGEBYLEX
+//! `<rank>` is `9 - level` (`5` red, `6` orange, `7` yellow, `8` green, `9` unknown), so ZRANGEBYLEX
 //! gives the highest level first, then tenant id.
 
 use std::collections::HashMap;
@@ -150,8 +150,8 @@ pub struct FleetRecord {
 /// The level-index member of a tenant at `level` (contract number).
 #[must_use]
 pub fn rank_member(level: i32, tenant: &str) -> String {
-    let rank = 9 - level.clamp(0, 4);
-    format!("{}{tenant}", if rank > 8 { 9 } else { rank })
+    // green (1) -> 8 ... red (4) -> 5; unspecified (0) -> 9, last.
+    format!("{}{tenant}", 9 - level.clamp(0, 4))
 }
 
 /// The level (contract number) and tenant of a level-index member.
