@@ -751,6 +751,15 @@ impl Meter {
         let mut page: Vec<TenantId> = Vec::new();
         let mut next = None;
         'shards: while index_shard < crate::store::ACTIVE_SHARDS {
+            // A tenant of listing shard s has hash % shard_count == s and sits
+            // in index shard hash % ACTIVE_SHARDS; when shard_count divides
+            // ACTIVE_SHARDS only the index shards congruent to s can hold it.
+            if crate::store::ACTIVE_SHARDS.is_multiple_of(shard_count)
+                && index_shard % shard_count != shard_index
+            {
+                index_shard += 1;
+                continue;
+            }
             let members = self
                 .within(self.store.active_tenants(index_shard, since))
                 .await?;

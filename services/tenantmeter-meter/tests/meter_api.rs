@@ -688,6 +688,34 @@ async fn history_and_listing(backend: Backend) {
     }
     seen.sort();
     assert_eq!(seen, tenants);
+    // Split into shards (one that divides the index's 16 and one that does
+    // not), pages of one: every tenant exactly once over all shards.
+    for shard_count in [4, 3] {
+        let mut sharded = Vec::new();
+        for shard_index in 0..shard_count {
+            let mut token = String::new();
+            loop {
+                let page = meter
+                    .list_tenant_usage(pb::ListTenantUsageRequest {
+                        page_size: 1,
+                        page_token: token.clone(),
+                        shard_count,
+                        shard_index,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                sharded.extend(page.tenants.into_iter().map(|t| t.tenant_id));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+        sharded.sort();
+        assert_eq!(sharded, tenants, "{shard_count} shards");
+    }
     let fleet = meter
         .get_fleet_usage(pb::GetFleetUsageRequest::default())
         .await
