@@ -14,6 +14,8 @@
 //! process-wide subscriber and tracer provider, and the guard's shutdown ends
 //! the export for good.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +26,6 @@ use tenantmeter_proto::v1 as pb;
 use tenantmeter_proto::v1::alerting_admin_service_client::AlertingAdminServiceClient;
 use tenantmeter_proto::v1::alerting_service_client::AlertingServiceClient;
 use tenantmeter_proto::v1::meter_service_client::MeterServiceClient;
-use tenantmeter_proto::v1::pricing_admin_service_client::PricingAdminServiceClient;
-use tenantmeter_proto::v1::pricing_service_client::PricingServiceClient;
 use tenantmeter_runtime::clock::{Clock, ManualClock};
 use tenantmeter_runtime::config::{EnvMap, TelemetryConfig, Validate as _};
 use tenantmeter_runtime::shutdown::Shutdown;
@@ -37,7 +37,6 @@ use tenantmeter_testkit::{
 use tokio::net::TcpListener;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 
 const ADMIN_TOKEN: &str = "alerting-traces-admin-token-0123456789";
 const SONNET: &str = "anthropic.claude-3-7-sonnet-20250219-v1:0";
@@ -70,23 +69,10 @@ fn random_hex(bytes: usize) -> String {
 }
 
 fn bearer<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {ADMIN_TOKEN}")).unwrap(),
-    );
-    request
+    support::with_token(ADMIN_TOKEN, message)
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
-    poll_until_ok(WAIT, || async {
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await
-    })
-    .await
-    .unwrap()
-}
+use support::channel;
 
 fn ts(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -289,62 +275,20 @@ impl Stack {
     }
 }
 
-/// Replaces the default plan with one at list price, without limits the test
-/// reaches, whose expected spend is new tenants' baseline; waits until the
-/// meter follows it.
+/// The default plan at list price, new tenants' baseline $0.12/h.
 async fn plan(pricing: SocketAddr, meter: SocketAddr) {
-    let book = PricingServiceClient::new(channel(pricing).await)
-        .get_price_book(pb::GetPriceBookRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .price_book
-        .unwrap();
-    let plan = pb::Plan {
-        plan_id: book.default_plan_id.clone(),
-        display_name: "alerting traces test".into(),
-        tier_mode: pb::TierMode::Graduated.into(),
-        tiers: vec![pb::Tier {
-            up_to_usd: String::new(),
-            rate: Some(pb::tier::Rate::Multiplier("1".into())),
-        }],
-        limits: Some(pb::PlanLimits {
+    support::flat_default_plan(
+        pricing,
+        meter,
+        ADMIN_TOKEN,
+        EXPECTED_NANOS_PER_HOUR,
+        pb::PlanLimits {
             requests_per_minute: 1_000_000,
             tokens_per_minute: 1_000_000_000,
             period_budget_nanos_usd: 0,
-        }),
-        expected_charge_nanos_usd_per_hour: EXPECTED_NANOS_PER_HOUR,
-        ..Default::default()
-    };
-    let version = PricingAdminServiceClient::new(channel(pricing).await)
-        .upsert_plan(bearer(pb::UpsertPlanRequest { plan: Some(plan) }))
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    let meter = MeterServiceClient::new(channel(meter).await);
-    poll_until_ok(WAIT, || {
-        let mut meter = meter.clone();
-        async move {
-            let seen = meter
-                .get_usage(pb::GetUsageRequest {
-                    tenant_id: "readiness".into(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .usage
-                .map_or(0, |u| u.price_book_version);
-            if seen >= version {
-                Ok(())
-            } else {
-                Err(format!("meter at price book {seen}, want {version}"))
-            }
-        }
-    })
-    .await
-    .unwrap();
+        },
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------- spans
