@@ -236,35 +236,8 @@ impl Stack {
         let shared_clock: Arc<dyn Clock> = Arc::new(clock.clone());
         let shutdown = Shutdown::new();
 
-        let pricing_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pricing = pricing_listener.local_addr().unwrap();
-        let deps = tenantmeter_pricing::PricingDeps {
-            redis_url: redis.url(),
-            admin_token: Some(ADMIN_TOKEN.to_owned()),
-        };
-        let stop = shutdown.clone();
-        let pricing_task = tokio::spawn(async move {
-            tenantmeter_pricing::run(Default::default(), deps, pricing_listener, stop)
-                .await
-                .unwrap();
-        });
-
-        let meter_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let meter = meter_listener.local_addr().unwrap();
-        let config = tenantmeter_meter::MeterConfig {
-            pricing_url: format!("http://{pricing}"),
-            ..Default::default()
-        };
-        let deps = tenantmeter_meter::MeterDeps {
-            redis_url: redis.url(),
-            clock: Arc::clone(&shared_clock),
-        };
-        let stop = shutdown.clone();
-        let meter_task = tokio::spawn(async move {
-            tenantmeter_meter::run(config, deps, meter_listener, stop)
-                .await
-                .unwrap();
-        });
+        let (pricing, meter, [pricing_task, meter_task]) =
+            support::start_pricing_and_meter(&redis, ADMIN_TOKEN, &shared_clock, &shutdown).await;
 
         let plan_id = Self::plan(pricing, meter).await;
         // Started once the price book holds the plan, so its first book does.

@@ -4,7 +4,14 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)] // test support
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tenantmeter_runtime::clock::Clock;
+use tenantmeter_runtime::shutdown::Shutdown;
+use tenantmeter_testkit::RedisServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use tenantmeter_proto::v1 as pb;
 use tenantmeter_proto::v1::meter_service_client::MeterServiceClient;
@@ -16,6 +23,45 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// Starts pricing and the meter (on `clock`) in-process on port 0 against
+/// `redis`, until `shutdown`; returns their addresses and tasks.
+pub async fn start_pricing_and_meter(
+    redis: &RedisServer,
+    admin_token: &str,
+    clock: &Arc<dyn Clock>,
+    shutdown: &Shutdown,
+) -> (SocketAddr, SocketAddr, [JoinHandle<()>; 2]) {
+    let pricing_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pricing = pricing_listener.local_addr().unwrap();
+    let deps = tenantmeter_pricing::PricingDeps {
+        redis_url: redis.url(),
+        admin_token: Some(admin_token.to_owned()),
+    };
+    let stop = shutdown.clone();
+    let pricing_task = tokio::spawn(async move {
+        tenantmeter_pricing::run(Default::default(), deps, pricing_listener, stop)
+            .await
+            .unwrap();
+    });
+    let meter_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let meter = meter_listener.local_addr().unwrap();
+    let config = tenantmeter_meter::MeterConfig {
+        pricing_url: format!("http://{pricing}"),
+        ..Default::default()
+    };
+    let deps = tenantmeter_meter::MeterDeps {
+        redis_url: redis.url(),
+        clock: Arc::clone(clock),
+    };
+    let stop = shutdown.clone();
+    let meter_task = tokio::spawn(async move {
+        tenantmeter_meter::run(config, deps, meter_listener, stop)
+            .await
+            .unwrap();
+    });
+    (pricing, meter, [pricing_task, meter_task])
+}
 
 /// A client channel to `addr`, once it accepts connections.
 pub async fn channel(addr: SocketAddr) -> Channel {
