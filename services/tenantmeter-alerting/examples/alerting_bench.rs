@@ -37,6 +37,10 @@
     clippy::large_futures
 )] // a benchmark's report
 
+/// The allocator the `tenantmeter` binary runs the services with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
