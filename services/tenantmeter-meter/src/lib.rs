@@ -6,6 +6,7 @@
 //! Start at [`run`], then [`meter::Meter`] (the behaviour), [`store`] (the
 //! verbs over Redis) and [`scripts`] (the Lua that makes each write atomic).
 
+pub mod active_index;
 pub mod api;
 pub mod config;
 pub mod error;

@@ -16,6 +16,7 @@ use tenantmeter_proto::v1 as pb;
 use tenantmeter_runtime::clock::Clock;
 use tenantmeter_runtime::shutdown::TaskTracker;
 
+use crate::active_index::{IndexSnapshots, resume_at};
 use crate::config::{FailMode, MeterConfig};
 use crate::error::MeterError;
 use crate::events::{self, ATTOS_PER_PICO, Acceptance, PricedEvent, ms_timestamp, timestamp_ms};
@@ -50,6 +51,8 @@ pub struct Meter {
     config: MeterConfig,
     /// Fallback counters.
     pub stats: MeterStats,
+    /// The active index as listings' first pages read it.
+    index: IndexSnapshots,
 }
 
 fn now_ms(clock: &dyn Clock) -> i64 {
@@ -182,6 +185,7 @@ impl Meter {
             clock,
             config,
             stats: MeterStats::default(),
+            index: IndexSnapshots::default(),
         }
     }
 
@@ -636,13 +640,12 @@ impl Meter {
             .within(self.store.usage(tenant, as_of, include_models, wanted))
             .await?;
         let book = self.prices.current();
+        // Borrowed, not cloned: a listing prices every tenant of the fleet.
         let plan = book
-            .as_ref()
-            .and_then(|b| b.plan_of(tenant).map(|(plan, _)| plan.clone()));
-        let charge = |rollup: &Rollup| {
-            plan.as_ref()
-                .and_then(|plan| charge_of(plan, rollup.total.rated_pico))
-        };
+            .as_deref()
+            .and_then(|b| b.plan_of(tenant).map(|(plan, _)| plan));
+        let charge =
+            |rollup: &Rollup| plan.and_then(|plan| charge_of(plan, rollup.total.rated_pico));
         let models = snapshot
             .model_windows
             .iter()
@@ -760,16 +763,20 @@ impl Meter {
                 index_shard += 1;
                 continue;
             }
-            let members = self
-                .within(self.store.active_tenants(index_shard, since))
-                .await?;
-            for member in members {
-                if after.as_ref().is_some_and(|a| {
-                    index_shard == crate::paging::after_shard(&request.page_token)
-                        && member.as_str() <= a.as_str()
-                }) {
-                    continue;
+            let members = match self.index.recent(index_shard, since) {
+                Some(members) if !request.page_token.is_empty() => members,
+                _ => {
+                    let members = Arc::new(
+                        self.within(self.store.active_tenants(index_shard, since))
+                            .await?,
+                    );
+                    self.index.keep(index_shard, since, Arc::clone(&members));
+                    members
                 }
+            };
+            let resumes_here = index_shard == crate::paging::after_shard(&request.page_token);
+            let start = resume_at(&members, after.as_deref().filter(|_| resumes_here));
+            for member in members.iter().skip(start) {
                 let Ok(tenant) = TenantId::parse(member) else {
                     continue;
                 };

@@ -146,11 +146,59 @@ fn parse_rollup(fields: HashMap<String, String>) -> Rollup {
     rollup
 }
 
-/// A hash as read with HGETALL.
-type Hash = HashMap<String, String>;
+/// The metric names of a rollup's totals, as the scripts write them.
+const TOTAL_METRICS: [&str; 7] = ["r", "i", "o", "cr", "cw", "c", "rv"];
+
+/// A rollup's totals from an `HMGET` of [`TOTAL_METRICS`] (the per-model
+/// fields are not read when no one asked for them).
+fn parse_totals(values: &[Option<String>]) -> Rollup {
+    let mut rollup = Rollup::default();
+    for (metric, value) in TOTAL_METRICS.iter().zip(values) {
+        if let Some(value) = value.as_deref().and_then(|v| v.parse::<i128>().ok()) {
+            rollup.total.add(metric, value);
+        }
+    }
+    rollup
+}
+
+/// The field/value pairs of an `HGETALL` reply, borrowed from it: the
+/// listing reads one per tenant per pass, and a map of owned strings cost
+/// three allocations per field.
+fn hash_fields(reply: &Value) -> Result<Vec<(&str, &str)>, StoreError> {
+    fn text(value: &Value) -> Result<&str, StoreError> {
+        if let Value::BulkString(bytes) = value {
+            std::str::from_utf8(bytes)
+                .map_err(|_| StoreError::Reply("a hash field is not UTF-8".to_owned()))
+        } else if let Value::SimpleString(text) = value {
+            Ok(text)
+        } else {
+            Err(StoreError::Reply(format!(
+                "expected a hash field, got {value:?}"
+            )))
+        }
+    }
+    if let Value::Array(items) = reply {
+        if items.len() % 2 != 0 {
+            return Err(StoreError::Reply("a hash reply of odd length".to_owned()));
+        }
+        items
+            .chunks_exact(2)
+            .map(|pair| Ok((text(&pair[0])?, text(&pair[1])?)))
+            .collect()
+    } else if let Value::Map(pairs) = reply {
+        pairs
+            .iter()
+            .map(|(field, value)| Ok((text(field)?, text(value)?)))
+            .collect()
+    } else if let Value::Nil = reply {
+        Ok(Vec::new())
+    } else {
+        Err(StoreError::Reply(format!("expected a hash, got {reply:?}")))
+    }
+}
 
 /// Sums the ring slots of a window hash that fall in the window at `now_ms`.
-fn sum_window(window: Window, now_ms: i64, fields: &HashMap<String, String>) -> Figures {
+fn sum_window(window: Window, now_ms: i64, fields: &[(&str, &str)]) -> Figures {
     // One walk over the fields the ring holds (a quiet tenant's are few),
     // not a lookup of every slot x metric of the window: ListTenantUsage runs
     // this for every tenant of the fleet.
@@ -541,10 +589,16 @@ impl MeterStore {
         wanted: &[Window],
     ) -> Result<UsageSnapshot, StoreError> {
         let base = tenant_key(tenant);
+        let day_key = format!("{base}:d:{}", day_index(now_ms));
+        let month_key = format!("{base}:mo:{}", month_index(now_ms));
         let mut pipe = redis::pipe();
-        pipe.hgetall(format!("{base}:d:{}", day_index(now_ms)))
-            .hgetall(format!("{base}:mo:{}", month_index(now_ms)))
-            .hget(format!("{base}:meta"), "last")
+        if include_models {
+            pipe.hgetall(&day_key).hgetall(&month_key);
+        } else {
+            pipe.cmd("HMGET").arg(&day_key).arg(&TOTAL_METRICS[..]);
+            pipe.cmd("HMGET").arg(&month_key).arg(&TOTAL_METRICS[..]);
+        }
+        pipe.hget(format!("{base}:meta"), "last")
             // In flight, read in the same round trip; the purging script
             // runs only when a lease has run out unreleased (rare), which is
             // all it would change.
@@ -557,47 +611,38 @@ impl MeterStore {
             pipe.hgetall(format!("{base}:w:{}", window.key()));
         }
         let mut conn = self.conn();
-        #[allow(clippy::type_complexity)] // one element per pipelined command
-        let (day, month, last, inflight, expired, read): (
-            Hash,
-            Hash,
-            Option<i64>,
-            (Option<u64>, Option<u64>),
-            u64,
-            Vec<Hash>,
-        ) = {
-            let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
-            let reply = |e: redis::ParsingError| StoreError::Reply(e.to_string());
-            let read = values
-                .split_off(5.min(values.len()))
-                .into_iter()
-                .map(redis::from_redis_value::<Hash>)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(reply)?;
-            let mut values = values.into_iter();
-            let mut next = || values.next().unwrap_or(Value::Nil);
-            (
-                redis::from_redis_value(next()).map_err(reply)?,
-                redis::from_redis_value(next()).map_err(reply)?,
-                redis::from_redis_value(next()).map_err(reply)?,
-                redis::from_redis_value(next()).map_err(reply)?,
-                redis::from_redis_value(next()).map_err(reply)?,
-                read,
-            )
+        let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let read = values.split_off(5.min(values.len()));
+        let reply = |e: redis::ParsingError| StoreError::Reply(e.to_string());
+        let mut values = values.into_iter();
+        let mut next = || values.next().unwrap_or(Value::Nil);
+        let rollup = |value: Value| -> Result<Rollup, StoreError> {
+            if include_models {
+                Ok(parse_rollup(redis::from_redis_value(value).map_err(reply)?))
+            } else {
+                let totals: Vec<Option<String>> = redis::from_redis_value(value).map_err(reply)?;
+                Ok(parse_totals(&totals))
+            }
         };
-        let mut read = read.into_iter();
-        let windows = Window::ALL
-            .iter()
-            .map(|window| {
-                if wanted.contains(window) {
-                    read.next()
-                        .map(|fields| sum_window(*window, now_ms, &fields))
-                        .unwrap_or_default()
-                } else {
-                    Figures::default()
-                }
-            })
-            .collect();
+        let day = rollup(next())?;
+        let month = rollup(next())?;
+        let last: Option<i64> = redis::from_redis_value(next()).map_err(reply)?;
+        let inflight: (Option<u64>, Option<u64>) =
+            redis::from_redis_value(next()).map_err(reply)?;
+        let expired: u64 = redis::from_redis_value(next()).map_err(reply)?;
+        let mut read = read.iter();
+        let mut windows = Vec::with_capacity(Window::ALL.len());
+        for window in Window::ALL {
+            let hash = if wanted.contains(&window) {
+                read.next()
+            } else {
+                None
+            };
+            windows.push(match hash {
+                Some(hash) => sum_window(window, now_ms, &hash_fields(hash)?),
+                None => Figures::default(),
+            });
+        }
         let in_flight: (u64, u64) = if expired == 0 {
             (inflight.0.unwrap_or(0), inflight.1.unwrap_or(0))
         } else {
@@ -607,7 +652,6 @@ impl MeterStore {
                 .invoke_async(&mut conn)
                 .await?
         };
-        let month = parse_rollup(month);
         let mut model_windows = BTreeMap::new();
         if include_models && !month.models.is_empty() {
             let mut pipe = redis::pipe();
@@ -616,19 +660,19 @@ impl MeterStore {
                     pipe.hgetall(format!("{base}:w:{}:{model}", window.key()));
                 }
             }
-            let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+            let hashes: Vec<Value> = pipe.query_async(&mut conn).await?;
             for (model, chunk) in month.models.keys().zip(hashes.chunks(Window::ALL.len())) {
                 let figures = chunk
                     .iter()
                     .zip(Window::ALL)
-                    .map(|(fields, window)| sum_window(window, now_ms, fields))
-                    .collect();
+                    .map(|(hash, window)| Ok(sum_window(window, now_ms, &hash_fields(hash)?)))
+                    .collect::<Result<_, StoreError>>()?;
                 model_windows.insert(model.clone(), figures);
             }
         }
         Ok(UsageSnapshot {
             windows,
-            day: parse_rollup(day),
+            day,
             month,
             in_flight,
             last_event_ms: last,
