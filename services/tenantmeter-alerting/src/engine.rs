@@ -31,8 +31,8 @@ use crate::budgets::{BudgetStore, ms_to_timestamp};
 use crate::config::AlertingConfig;
 use crate::sinks::SinkQueue;
 use crate::state::{
-    ContributorSummary, FleetRecord, ShardSnapshot, ShardSummary, StateError, StateStore,
-    TenantCommit, TenantRecord, rank_member,
+    ContributorSummary, FleetRecord, IndexMove, ShardSnapshot, ShardSummary, StateError,
+    StateStore, TenantCommit, TenantRecord, rank_member,
 };
 use crate::status::level_to_proto;
 use crate::step::{self, PassInputs, TenantStep};
@@ -641,9 +641,10 @@ impl Engine {
                     record: step.record.clone(),
                     baseline: step.baseline.clone(),
                     status: step.status.clone(),
-                    old_rank_member: old
-                        .filter(|old| *old != level)
-                        .map(|old| rank_member(old, tenant.as_str())),
+                    index_move: (old != Some(level)).then(|| IndexMove {
+                        from: old.map(|old| rank_member(old, tenant.as_str())),
+                        to: rank_member(level, tenant.as_str()),
+                    }),
                     policy: step
                         .policy
                         .clone()
@@ -749,9 +750,7 @@ impl Engine {
         self.alerts.insert(alerts).await?;
         // Silenced alerts too: the queue records them SUPPRESSED per
         // matching sink without sending, so the alert says who was spared.
-        for alert in alerts {
-            self.queue.enqueue(alert).await?;
-        }
+        self.queue.enqueue_all(alerts).await?;
         Ok(())
     }
 

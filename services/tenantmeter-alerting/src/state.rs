@@ -84,12 +84,22 @@ pub struct TenantCommit {
     pub baseline: Option<Baseline>,
     /// Its status.
     pub status: pb::TenantStatus,
-    /// Its level-index member before (to remove) when the level changed.
-    pub old_rank_member: Option<String>,
+    /// How its entry in the level index moves; `None` when the index
+    /// already holds it at this level (most tenants, most passes).
+    pub index_move: Option<IndexMove>,
     /// The policy applied to the meter in this pass.
     pub policy: Option<pb::TenantPolicy>,
     /// The alert raised in this pass.
     pub alert: Option<pb::Alert>,
+}
+
+/// A tenant's entry in the level index, replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexMove {
+    /// The member to remove ([`rank_member`] of the old level), if indexed.
+    pub from: Option<String>,
+    /// The member to add.
+    pub to: String,
 }
 
 /// A shard's figures for the fleet pass.
@@ -259,9 +269,10 @@ return 0
 /// KEYS: lease, state, baseline, status, policy, levels, outbox.
 /// ARGV: token, then five lists, each as a count followed by its items:
 /// state (tenant, json), baseline (tenant, bytes), status (tenant, bytes,
-/// old member or '', new member), policy (tenant, bytes), outbox (id, bytes).
+/// old member or '', new member or '' when the index is unchanged), policy
+/// (tenant, bytes), outbox (id, bytes).
 /// Replies 1, or 0 when the lease is not the caller's (nothing written).
-const COMMIT_V1: &str = r"-- tenantmeter alerting shard commit v1
+const COMMIT_V2: &str = r"-- tenantmeter alerting shard commit v2
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local i = 2
 local n = tonumber(ARGV[i]); i = i + 1
@@ -272,7 +283,7 @@ n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
   if ARGV[i + 2] ~= '' then redis.call('ZREM', KEYS[6], ARGV[i + 2]) end
-  redis.call('ZADD', KEYS[6], 0, ARGV[i + 3])
+  if ARGV[i + 3] ~= '' then redis.call('ZADD', KEYS[6], 0, ARGV[i + 3]) end
   i = i + 4
 end
 n = tonumber(ARGV[i]); i = i + 1
@@ -351,7 +362,7 @@ impl StateStore {
             timeout,
             lease: redis::Script::new(LEASE_V1),
             release: redis::Script::new(RELEASE_V1),
-            commit: redis::Script::new(COMMIT_V1),
+            commit: redis::Script::new(COMMIT_V2),
             fleet_commit: redis::Script::new(FLEET_COMMIT_V1),
         }
     }
@@ -512,8 +523,14 @@ impl StateStore {
             invocation
                 .arg(commit.tenant.as_str())
                 .arg(commit.status.encode_to_vec())
-                .arg(commit.old_rank_member.as_deref().unwrap_or(""))
-                .arg(rank_member(commit.status.level, commit.tenant.as_str()));
+                .arg(
+                    commit
+                        .index_move
+                        .as_ref()
+                        .and_then(|m| m.from.as_deref())
+                        .unwrap_or(""),
+                )
+                .arg(commit.index_move.as_ref().map_or("", |m| m.to.as_str()));
         }
         let policies: Vec<_> = commits
             .iter()

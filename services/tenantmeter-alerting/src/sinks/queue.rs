@@ -57,6 +57,17 @@ impl SinkQueue {
         self.store.enqueue(alert).await
     }
 
+    /// Records several alerts' notifications; see [`SinkStore::enqueue_all`].
+    ///
+    /// # Errors
+    /// As [`SinkStore::enqueue_all`].
+    pub async fn enqueue_all(
+        &self,
+        alerts: &[pb::Alert],
+    ) -> Result<Vec<EnqueueOutcome>, SinkError> {
+        self.store.enqueue_all(alerts).await
+    }
+
     /// Each alert's deliveries; see [`SinkStore::deliveries`].
     ///
     /// # Errors
