@@ -2,7 +2,8 @@
 //! tenants into the meter, then drives committed evaluation passes with
 //! `AlertingAdminService/Evaluate` and prints, for each pass, the tenants
 //! evaluated, the wall time, the interval and pass/interval; the first pass
-//! apart (it creates every tenant's state), the p50/max of the steady ones and
+//! apart (it loads every shard's state, or creates it with
+//! `--history-weeks 0`), the p50/max of the steady ones and
 //! a what-if pass (commit false). Where the time goes: after each pass, the
 //! meter's `ListTenantUsage` alone for the same shards at the same instant
 //! (column `meter ms`), and the CPU seconds of the redis-server and of this
@@ -19,7 +20,10 @@
 //!
 //! Tenants: `bench-000001`... on the default plan, each with 3 Claude 3 Haiku
 //! events in the last 4 minutes; about 90% spend steadily (~$0.05/h), 8% 20x
-//! that (an anomaly, yellow) and 2% 100x (a runaway spike).
+//! that (an anomaly, yellow) and 2% 100x (a runaway spike). Before the
+//! passes every tenant gets `--history-weeks` (1) of learned baseline at the
+//! steady rate, written through alerting's state store, so the baselines are
+//! as large as a running fleet's (all 168 hour-of-week buckets in use).
 //!
 //! `cargo run --release -p tenantmeter-alerting --example alerting_bench [-- --tenants 100000 --interval-ms 5000 --passes 6 --shards 8]`
 //! (`-- --help` lists every knob). Numbers only; nothing is asserted on time.
@@ -80,6 +84,7 @@ struct Options {
     page_size: u32,
     callers: usize,
     lease_ttl_ms: u64,
+    history_weeks: u64,
 }
 
 fn options() -> Options {
@@ -91,6 +96,7 @@ fn options() -> Options {
         page_size: 1_000,
         callers: 4,
         lease_ttl_ms: 0,
+        history_weeks: 1,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -104,12 +110,14 @@ fn options() -> Options {
             "--page-size" => options.page_size = value().expect("--page-size N") as u32,
             "--callers" => options.callers = value().expect("--callers N") as usize,
             "--lease-ttl-ms" => options.lease_ttl_ms = value().expect("--lease-ttl-ms N"),
+            "--history-weeks" => options.history_weeks = value().expect("--history-weeks N"),
             "--help" | "-h" => {
                 println!(
                     "alerting_bench [--tenants N (100000)] [--interval-ms N (5000)] [--passes N (6, committed)]\n\
                      \x20              [--shards N (8, alerting shards)] [--page-size N (1000, tenants per meter page)]\n\
                      \x20              [--callers N (4, concurrent RecordUsage batches while loading)]\n\
-                     \x20              [--lease-ttl-ms N (max(15000, 3 x interval): a pass must finish within it)]"
+                     \x20              [--lease-ttl-ms N (max(15000, 3 x interval): a pass must finish within it)]\n\
+                     \x20              [--history-weeks N (1: every tenant starts with N weeks of learned baseline; 0: no state)]"
                 );
                 std::process::exit(0);
             }
@@ -277,6 +285,100 @@ struct Listing {
     tenants: u64,
     wall: Duration,
     cpu: (f64, f64),
+}
+
+/// Gives every tenant the state a replica would have after
+/// `history_weeks` of passes: a record, a green status and a baseline with
+/// a sample every 5 minutes (all hour-of-week buckets in use) at the steady
+/// tenants' rate, as alerting measures it. Written through alerting's own
+/// state store under a lease the benchmark then gives up, so alerting's
+/// first pass loads it as a restarted replica would. Returns the rate.
+async fn seed_history(
+    admin: &mut AlertingAdminServiceClient<Channel>,
+    redis_url: &str,
+    options: Options,
+    start_ms: i64,
+    interval: Duration,
+) -> i64 {
+    use tenantmeter_alerting::state::{
+        BaselineWrite, IndexMove, StateStore, TenantCommit, TenantRecord, rank_member,
+    };
+    use tenantmeter_domain::ids::TenantId;
+    use tenantmeter_domain::levels::Baseline;
+
+    const TOKEN: &str = "alerting-bench-seed";
+    let steady = (1..=options.tenants)
+        .find(|t| spend_factor(*t) == 1)
+        .expect("a steady tenant");
+    let first_pass_ms = start_ms + interval.as_millis() as i64;
+    let status = admin
+        .evaluate(bearer(pb::EvaluateRequest {
+            as_of: Some(to_timestamp(at_ms(first_pass_ms))),
+            tenant_ids: vec![tenant_id(steady)],
+            commit: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .statuses
+        .pop()
+        .expect("the steady tenant's status");
+    let rate = status.rate.map_or(0, |r| r.rate_nanos_usd_per_hour);
+    assert!(rate > 0, "the steady tenant has no spend rate");
+
+    let policy = AlertingConfig::default().levels.baseline;
+    let samples = options.history_weeks as i64 * 7 * 24 * 12;
+    let mut baseline = Baseline::new();
+    for k in (1..=samples).rev() {
+        baseline.observe(start_ms - k * SLOT_MS, rate, &policy);
+    }
+    let conn = tenantmeter_runtime::redis_connection::RedisConnection::connect(
+        &[redis_url.to_owned()],
+        false,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let store = StateStore::new(conn, Duration::from_secs(30));
+    let mut by_shard: Vec<Vec<TenantId>> = vec![Vec::new(); options.shards as usize];
+    for t in 1..=options.tenants {
+        let id = TenantId::parse(tenant_id(t)).unwrap();
+        by_shard[id.shard(options.shards) as usize].push(id);
+    }
+    let green: i32 = pb::Level::Green.into();
+    for (shard, tenants) in by_shard.iter().enumerate() {
+        let shard = shard as u32;
+        assert!(
+            store
+                .lease_shard(shard, TOKEN, Duration::from_secs(120))
+                .await
+                .unwrap()
+        );
+        for chunk in tenants.chunks(500) {
+            let commits: Vec<TenantCommit> = chunk
+                .iter()
+                .map(|tenant| TenantCommit {
+                    tenant: tenant.clone(),
+                    record: TenantRecord::default(),
+                    baseline: Some(BaselineWrite::new(None, baseline.clone())),
+                    status: pb::TenantStatus {
+                        tenant_id: tenant.to_string(),
+                        level: green,
+                        ..Default::default()
+                    },
+                    index_move: Some(IndexMove {
+                        from: None,
+                        to: rank_member(green, tenant.as_str()),
+                    }),
+                    policy: None,
+                    alert: None,
+                })
+                .collect();
+            store.commit_shard(shard, TOKEN, &commits).await.unwrap();
+        }
+        store.release(Some(shard), TOKEN).await.unwrap();
+    }
+    rate
 }
 
 struct Evaluated {
@@ -452,17 +554,27 @@ async fn alerting_keys_bytes(redis: &mut MultiplexedConnection, shards: u32) -> 
             keys.push(format!("{{al:s{shard}}}:{name}"));
         }
     }
-    let mut total = 0;
-    for key in keys {
-        let bytes: Option<u64> = redis::cmd("MEMORY")
-            .arg("USAGE")
-            .arg(&key)
-            .arg("SAMPLES")
-            .arg(0)
+    // Each tenant's baseline has a key of its own.
+    for shard in 0..shards {
+        let mut found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{al:s{shard}}}:bl:*"))
             .query_async(redis)
             .await
-            .unwrap_or(None);
-        total += bytes.unwrap_or(0);
+            .unwrap_or_default();
+        keys.append(&mut found);
+    }
+    let mut total = 0;
+    for chunk in keys.chunks(1_000) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0);
+        }
+        let sizes: Vec<Option<u64>> = pipe.query_async(redis).await.unwrap_or_default();
+        total += sizes.into_iter().flatten().sum::<u64>();
     }
     total
 }
@@ -619,6 +731,15 @@ async fn main() {
     let loaded = load(&meters, options, start_ms).await;
     let load_time = started.elapsed();
     let mem_loaded = memory(&mut redis_conn).await;
+    let seeded = if options.history_weeks > 0 {
+        eprintln!(
+            "seeding {} week(s) of learned baseline per tenant...",
+            options.history_weeks
+        );
+        Some(seed_history(&mut admin, &redis.url(), options, start_ms, interval).await)
+    } else {
+        None
+    };
     let events = options.tenants * EVENTS_PER_TENANT;
     let mix = (1..=options.tenants).fold([0_u64; 3], |mut n, t| {
         n[match spend_factor(t) {
@@ -711,6 +832,15 @@ async fn main() {
     if let Some(reject) = &loaded.first_reject {
         println!("  first rejection: {reject}");
     }
+    match seeded {
+        Some(rate) => println!(
+            "history: every tenant starts with {} week(s) of baseline (a sample every 5 minutes, all 168 hour-of-week buckets) at the steady rate, {rate} nano-USD/h",
+            options.history_weeks
+        ),
+        None => println!(
+            "history: none (--history-weeks 0): the first pass creates every tenant's state"
+        ),
+    }
     if let Some(error) = &loaded.first_error {
         println!("  first failed call: {error}");
     }
@@ -800,7 +930,12 @@ async fn main() {
             .zip(values.last().copied())
     };
     println!(
-        "first pass (creates every tenant's state): {:.0} ms = {:.2}x the interval{}",
+        "first pass ({}): {:.0} ms = {:.2}x the interval{}",
+        if seeded.is_some() {
+            "loads every shard's state, as a replica taking over"
+        } else {
+            "creates every tenant's state"
+        },
         ms(first.wall),
         ms(first.wall) / interval_ms,
         match &first.result {

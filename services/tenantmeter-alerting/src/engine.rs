@@ -11,7 +11,7 @@
 //! The replica keeps its shards' state in memory and writes it through; it
 //! loads a shard when it takes the lease and forgets it when it loses it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,8 +31,8 @@ use crate::budgets::{BudgetStore, ms_to_timestamp};
 use crate::config::AlertingConfig;
 use crate::sinks::SinkQueue;
 use crate::state::{
-    ContributorSummary, FleetRecord, IndexMove, ShardSnapshot, ShardSummary, StateError,
-    StateStore, TenantCommit, TenantRecord, rank_member,
+    BaselineWrite, ContributorSummary, FleetRecord, IndexMove, ShardSnapshot, ShardSummary,
+    StateError, StateStore, TenantCommit, TenantRecord, rank_member,
 };
 use crate::status::level_to_proto;
 use crate::step::{self, PassInputs, TenantStep};
@@ -42,6 +42,8 @@ use crate::step::{self, PassInputs, TenantStep};
 struct ShardMemory {
     records: HashMap<TenantId, TenantRecord>,
     baselines: HashMap<TenantId, Baseline>,
+    /// Tenants whose stored baseline is in the older whole-value form.
+    older_form: HashSet<TenantId>,
     policies: HashMap<TenantId, pb::TenantPolicy>,
     levels: HashMap<TenantId, i32>,
     /// Alerts committed but not yet in the history.
@@ -62,6 +64,7 @@ impl From<ShardSnapshot> for ShardMemory {
         Self {
             records: snapshot.records,
             baselines: snapshot.baselines,
+            older_form: snapshot.older_form,
             policies: snapshot.policies,
             levels: snapshot.levels,
             outbox: snapshot.outbox,
@@ -304,25 +307,38 @@ impl Engine {
     /// Takes or renews the leases; loads newly taken shards, forgets lost ones.
     async fn renew_leases(&self) -> Result<(), PassError> {
         let ttl = self.config.lease_ttl;
+        let mut taken = Vec::new();
         for shard in 0..self.config.shards {
             let held = self.state.lease_shard(shard, &self.token, ttl).await?;
             let mut shards = self.shards.lock().await;
             match (held, shards.contains_key(&shard)) {
-                (true, false) => {
-                    let snapshot = self.state.load_shard(shard).await?;
-                    tracing::info!(
-                        shard,
-                        tenants = snapshot.records.len(),
-                        "took the shard's lease"
-                    );
-                    shards.insert(shard, ShardMemory::from(snapshot));
-                }
+                (true, false) => taken.push(shard),
                 (false, true) => {
                     tracing::info!(shard, "lost the shard's lease to another replica");
                     shards.remove(&shard);
                 }
                 (true, true) | (false, false) => {}
             }
+        }
+        // Shards taken over are loaded together: a replica taking a large
+        // fleet over reads every tenant's state and baseline once.
+        let loads = futures::future::join_all(
+            taken
+                .iter()
+                .map(|&shard| async move { (shard, self.state.load_shard(shard).await) }),
+        )
+        .await;
+        for (shard, snapshot) in loads {
+            let snapshot = snapshot?;
+            tracing::info!(
+                shard,
+                tenants = snapshot.records.len(),
+                "took the shard's lease"
+            );
+            self.shards
+                .lock()
+                .await
+                .insert(shard, ShardMemory::from(snapshot));
         }
         let held = self.state.lease_fleet(&self.token, ttl).await?;
         let mut fleet = self.fleet.lock().await;
@@ -639,7 +655,13 @@ impl Engine {
                 TenantCommit {
                     tenant: tenant.clone(),
                     record: step.record.clone(),
-                    baseline: step.baseline.clone(),
+                    baseline: step.baseline.clone().map(|learned| {
+                        let stored = memory
+                            .baselines
+                            .get(tenant)
+                            .filter(|_| !memory.older_form.contains(tenant));
+                        BaselineWrite::new(stored, learned)
+                    }),
                     status: step.status.clone(),
                     index_move: (old != Some(level)).then(|| IndexMove {
                         from: old.map(|old| rank_member(old, tenant.as_str())),
@@ -669,8 +691,9 @@ impl Engine {
         for commit in commits {
             let tenant = commit.tenant;
             memory.levels.insert(tenant.clone(), commit.status.level);
-            if let Some(baseline) = commit.baseline {
-                memory.baselines.insert(tenant.clone(), baseline);
+            if let Some(write) = commit.baseline {
+                memory.older_form.remove(&tenant);
+                memory.baselines.insert(tenant.clone(), write.baseline);
             }
             if let Some(policy) = commit.policy {
                 memory.policies.insert(tenant.clone(), policy);
@@ -685,11 +708,8 @@ impl Engine {
 
     /// Sends policies to the meter; returns the tenants whose policy is
     /// stored there now (applied, or already superseded by a later one).
-    async fn apply_policies(
-        &self,
-        policies: Vec<pb::TenantPolicy>,
-    ) -> std::collections::HashSet<String> {
-        let mut stored = std::collections::HashSet::new();
+    async fn apply_policies(&self, policies: Vec<pb::TenantPolicy>) -> HashSet<String> {
+        let mut stored = HashSet::new();
         for chunk in policies.chunks(1_000) {
             let mut meter = self.meter.clone();
             let mut call = tonic::Request::new(pb::ApplyPoliciesRequest {

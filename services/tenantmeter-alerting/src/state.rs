@@ -14,7 +14,8 @@
 //! |---|---|---|
 //! | `{al:s<i>}:lease` | string | token of the replica evaluating shard i (PX = lease_ttl) |
 //! | `{al:s<i>}:state` | hash | tenant -> [`TenantRecord`] JSON |
-//! | `{al:s<i>}:baseline` | hash | tenant -> baseline (compact binary, [`encode_baseline`]) |
+//! | `{al:s<i>}:bl:<tenant>` | string | the tenant's baseline, dense ([`dense_header`], [`dense_bucket`]); a learned sample rewrites its header and one bucket (`SETRANGE`), not the whole value |
+//! | `{al:s<i>}:baseline` | hash | tenant -> baseline in the older whole-value form ([`encode_baseline`]); read at load, moved to the dense key at the tenant's next sample |
 //! | `{al:s<i>}:status` | hash | tenant -> `TenantStatus` (protobuf) |
 //! | `{al:s<i>}:policy` | hash | tenant -> `TenantPolicy` last applied (protobuf) |
 //! | `{al:s<i>}:levels` | sorted set | `<rank><tenant>`, score 0: ListStatuses order |
@@ -26,7 +27,7 @@
 //! `<rank>` is `9 - level` (`5` red, `6` orange, `7` yellow, `8` green, `9` unknown), so ZRANGEBYLEX
 //! gives the highest level first, then tenant id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -81,7 +82,7 @@ pub struct TenantCommit {
     /// Its record.
     pub record: TenantRecord,
     /// Its baseline, when it learned a sample in this pass.
-    pub baseline: Option<Baseline>,
+    pub baseline: Option<BaselineWrite>,
     /// Its status.
     pub status: pb::TenantStatus,
     /// How its entry in the level index moves; `None` when the index
@@ -91,6 +92,49 @@ pub struct TenantCommit {
     pub policy: Option<pb::TenantPolicy>,
     /// The alert raised in this pass.
     pub alert: Option<pb::Alert>,
+}
+
+/// A learned baseline and the part of it to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaselineWrite {
+    /// The baseline after the sample.
+    pub baseline: Baseline,
+    /// Hour-of-week buckets to write: those that changed, or every
+    /// non-empty one when `rewrite`.
+    pub buckets: Vec<usize>,
+    /// Write the whole value (the stored one is missing, or in the older
+    /// form).
+    pub rewrite: bool,
+}
+
+impl BaselineWrite {
+    /// What to write after `before` became `after`; `before` is `None` when
+    /// nothing (or only the older form) is stored.
+    #[must_use]
+    pub fn new(before: Option<&Baseline>, after: Baseline) -> Self {
+        let buckets = match before {
+            Some(before) => after
+                .buckets()
+                .iter()
+                .zip(before.buckets())
+                .enumerate()
+                .filter(|(_, (now, then))| now != then)
+                .map(|(index, _)| index)
+                .collect(),
+            None => after
+                .buckets()
+                .iter()
+                .enumerate()
+                .filter(|(_, bucket)| bucket.count > 0)
+                .map(|(index, _)| index)
+                .collect(),
+        };
+        Self {
+            rewrite: before.is_none(),
+            buckets,
+            baseline: after,
+        }
+    }
 }
 
 /// A tenant's entry in the level index, replaced.
@@ -235,6 +279,73 @@ pub fn decode_baseline(bytes: &[u8]) -> Result<Baseline, StateError> {
     Ok(Baseline::from_buckets(buckets, samples))
 }
 
+/// Format byte of the dense form.
+const DENSE_FORMAT: u8 = 2;
+/// Bytes before the first bucket: format, samples (u64 LE).
+pub const DENSE_HEADER_LEN: usize = 9;
+/// Bytes per bucket: count (u64 LE), mean, variance (f64 LE).
+pub const DENSE_BUCKET_LEN: usize = 24;
+
+/// The dense form's header: format byte, samples.
+#[must_use]
+pub fn dense_header(baseline: &Baseline) -> [u8; DENSE_HEADER_LEN] {
+    let mut out = [0; DENSE_HEADER_LEN];
+    out[0] = DENSE_FORMAT;
+    out[1..].copy_from_slice(&baseline.samples.to_le_bytes());
+    out
+}
+
+/// The dense form of one bucket, stored at
+/// `DENSE_HEADER_LEN + hour_of_week * DENSE_BUCKET_LEN`. An empty bucket is
+/// all zeros, so the bytes `SETRANGE` pads with read as empty buckets.
+#[must_use]
+pub fn dense_bucket(bucket: &BucketStats) -> [u8; DENSE_BUCKET_LEN] {
+    let mut out = [0; DENSE_BUCKET_LEN];
+    out[..8].copy_from_slice(&bucket.count.to_le_bytes());
+    out[8..16].copy_from_slice(&bucket.mean.to_le_bytes());
+    out[16..].copy_from_slice(&bucket.variance.to_le_bytes());
+    out
+}
+
+/// Reads the dense form (buckets past the end of `bytes` are empty).
+///
+/// # Errors
+/// [`StateError::Corrupt`] for another format or a partial bucket.
+pub fn decode_dense(bytes: &[u8]) -> Result<Baseline, StateError> {
+    let corrupt = |why: &str| StateError::Corrupt(format!("baseline: {why}"));
+    let (header, body) = bytes
+        .split_at_checked(DENSE_HEADER_LEN)
+        .ok_or_else(|| corrupt("truncated"))?;
+    let (&format, samples) = header.split_first().ok_or_else(|| corrupt("empty"))?;
+    if format != DENSE_FORMAT {
+        return Err(corrupt("unknown format"));
+    }
+    let samples = u64::from_le_bytes(samples.try_into().map_err(|_| corrupt("truncated"))?);
+    if body.len() % DENSE_BUCKET_LEN != 0 || body.len() / DENSE_BUCKET_LEN > HOURS_PER_WEEK {
+        return Err(corrupt("not a whole number of hour-of-week buckets"));
+    }
+    let buckets = body
+        .chunks_exact(DENSE_BUCKET_LEN)
+        .map(|fields| {
+            let word = |at: usize| -> [u8; 8] {
+                let mut word = [0; 8];
+                word.copy_from_slice(&fields[at..at + 8]);
+                word
+            };
+            BucketStats {
+                count: u64::from_le_bytes(word(0)),
+                mean: f64::from_le_bytes(word(8)),
+                variance: f64::from_le_bytes(word(16)),
+            }
+        })
+        .collect();
+    Ok(Baseline::from_buckets(buckets, samples))
+}
+
+fn baseline_key(shard: u32, tenant: &TenantId) -> String {
+    format!("{{al:s{shard}}}:bl:{tenant}")
+}
+
 fn shard_key(shard: u32, name: &str) -> String {
     format!("{{al:s{shard}}}:{name}")
 }
@@ -266,19 +377,31 @@ return 0
 ";
 
 /// Commits a page of a shard's pass, if the caller holds the lease.
-/// KEYS: lease, state, baseline, status, policy, levels, outbox.
+/// KEYS: lease, state, older-form baseline hash, status, policy, levels,
+/// outbox, then one dense baseline key per baseline item below.
 /// ARGV: token, then five lists, each as a count followed by its items:
-/// state (tenant, json), baseline (tenant, bytes), status (tenant, bytes,
-/// old member or '', new member or '' when the index is unchanged), policy
-/// (tenant, bytes), outbox (id, bytes).
+/// state (tenant, json); baseline (rewrite '1'/'0', tenant, header, count of
+/// buckets, then per bucket its offset and bytes; a rewrite first deletes the
+/// key and the tenant's older-form field); status (tenant, bytes, old member
+/// or '', new member or '' when the index is unchanged); policy (tenant,
+/// bytes); outbox (id, bytes).
 /// Replies 1, or 0 when the lease is not the caller's (nothing written).
-const COMMIT_V2: &str = r"-- tenantmeter alerting shard commit v2
+const COMMIT_V3: &str = r"-- tenantmeter alerting shard commit v3
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local i = 2
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+for j = 1, n do
+  local key = KEYS[7 + j]
+  if ARGV[i] == '1' then
+    redis.call('DEL', key)
+    redis.call('HDEL', KEYS[3], ARGV[i + 1])
+  end
+  redis.call('SETRANGE', key, 0, ARGV[i + 2])
+  local buckets = tonumber(ARGV[i + 3]); i = i + 4
+  for _ = 1, buckets do redis.call('SETRANGE', key, tonumber(ARGV[i]), ARGV[i + 1]); i = i + 2 end
+end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
@@ -309,6 +432,8 @@ pub struct ShardSnapshot {
     pub records: HashMap<TenantId, TenantRecord>,
     /// Baselines by tenant.
     pub baselines: HashMap<TenantId, Baseline>,
+    /// Tenants whose baseline is stored in the older whole-value form.
+    pub older_form: HashSet<TenantId>,
     /// Policies last applied, by tenant.
     pub policies: HashMap<TenantId, pb::TenantPolicy>,
     /// Statuses' level (contract number), by tenant, for the level index.
@@ -362,7 +487,7 @@ impl StateStore {
             timeout,
             lease: redis::Script::new(LEASE_V1),
             release: redis::Script::new(RELEASE_V1),
-            commit: redis::Script::new(COMMIT_V2),
+            commit: redis::Script::new(COMMIT_V3),
             fleet_commit: redis::Script::new(FLEET_COMMIT_V1),
         }
     }
@@ -453,10 +578,33 @@ impl StateStore {
                 .map_err(|e| StateError::Corrupt(format!("state of {field:?}: {e}")))?;
             snapshot.records.insert(tenant(&field)?, record);
         }
+        let tenants: Vec<TenantId> = snapshot.records.keys().cloned().collect();
+        for chunk in tenants.chunks(1_000) {
+            let keys: Vec<String> = chunk.iter().map(|t| baseline_key(shard, t)).collect();
+            let mut conn = self.conn.clone();
+            let values: Vec<Option<Vec<u8>>> = bounded(
+                self.timeout,
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn),
+            )
+            .await?;
+            for (tenant, bytes) in chunk.iter().zip(values) {
+                if let Some(bytes) = bytes {
+                    snapshot
+                        .baselines
+                        .insert(tenant.clone(), decode_dense(&bytes)?);
+                }
+            }
+        }
+        // The older whole-value form, for tenants without a dense key yet;
+        // the engine rewrites them at their next sample.
         for (field, bytes) in self.hgetall_bytes(&shard_key(shard, "baseline")).await? {
-            snapshot
-                .baselines
-                .insert(tenant(&field)?, decode_baseline(&bytes)?);
+            let id = tenant(&field)?;
+            if !snapshot.baselines.contains_key(&id) {
+                snapshot
+                    .baselines
+                    .insert(id.clone(), decode_baseline(&bytes)?);
+                snapshot.older_form.insert(id);
+            }
         }
         for (field, bytes) in self.hgetall_bytes(&shard_key(shard, "policy")).await? {
             snapshot
@@ -513,10 +661,24 @@ impl StateStore {
             .filter_map(|c| c.baseline.as_ref().map(|b| (&c.tenant, b)))
             .collect();
         invocation.arg(baselines.len());
-        for (tenant, baseline) in baselines {
+        for (tenant, write) in &baselines {
+            invocation.key(baseline_key(shard, tenant));
             invocation
+                .arg(if write.rewrite { "1" } else { "0" })
                 .arg(tenant.as_str())
-                .arg(encode_baseline(baseline));
+                .arg(&dense_header(&write.baseline)[..])
+                .arg(write.buckets.len());
+            for &index in &write.buckets {
+                let bucket = write
+                    .baseline
+                    .buckets()
+                    .get(index)
+                    .copied()
+                    .unwrap_or_default();
+                invocation
+                    .arg(DENSE_HEADER_LEN + index * DENSE_BUCKET_LEN)
+                    .arg(&dense_bucket(&bucket)[..]);
+            }
         }
         invocation.arg(commits.len());
         for commit in commits {
@@ -760,6 +922,32 @@ mod tests {
             decode_baseline(&encode_baseline(&Baseline::new())).unwrap(),
             Baseline::new()
         );
+    }
+
+    #[test]
+    fn the_dense_form_reads_what_setrange_leaves() {
+        let baseline = {
+            let mut baseline = Baseline::new();
+            let policy = BaselinePolicy::default();
+            // Two samples in the same hour: one bucket in use.
+            baseline.observe(0, 1_000_000, &policy);
+            baseline.observe(300_000, 3_000_000, &policy);
+            baseline
+        };
+        let write = BaselineWrite::new(None, baseline.clone());
+        assert_eq!(write.buckets.len(), 1);
+        // A fresh key holds the header, zeros up to the bucket, the bucket.
+        let index = write.buckets[0];
+        let mut bytes = dense_header(&baseline).to_vec();
+        bytes.resize(DENSE_HEADER_LEN + index * DENSE_BUCKET_LEN, 0);
+        bytes.extend_from_slice(&dense_bucket(&baseline.buckets()[index]));
+        assert_eq!(decode_dense(&bytes).unwrap(), baseline);
+        assert_eq!(
+            decode_dense(&dense_header(&Baseline::new())).unwrap(),
+            Baseline::new()
+        );
+        assert!(decode_dense(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_dense(&encode_baseline(&baseline)).is_err());
     }
 
     #[test]
