@@ -161,14 +161,16 @@ impl pb::alerting_service_server::AlertingService for AlertingApi {
             let page = self
                 .engine
                 .state()
-                .rank_page(shard, after, &max_member, size)
+                // One more than a page: whether another page follows.
+                .rank_page(shard, after, &max_member, size + 1)
                 .await
                 .map_err(state_status)?;
             members.extend(page.into_iter().map(|m| (m, shard)));
         }
         members.sort();
+        let more = members.len() > size;
         members.truncate(size);
-        let next_page_token = if members.len() == size {
+        let next_page_token = if more {
             members.last().map(|(m, _)| m.clone()).unwrap_or_default()
         } else {
             String::new()

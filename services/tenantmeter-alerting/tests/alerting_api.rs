@@ -777,6 +777,17 @@ async fn list_statuses_orders_by_level_then_id_pages_and_filters() {
         list_all(&mut api, pb::Level::Unspecified, 0).await,
         expected
     );
+    // A page that holds exactly the rest is the last one.
+    let exact = api
+        .list_statuses(pb::ListStatusesRequest {
+            page_size: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(exact.statuses.len(), 5);
+    assert!(exact.next_page_token.is_empty(), "{exact:?}");
     // Page by page: no duplicate, no gap.
     for size in [1, 2, 4] {
         assert_eq!(

@@ -29,7 +29,7 @@ use tenantmeter_proto::v1::alerting_admin_service_client::AlertingAdminServiceCl
 use tenantmeter_proto::v1::alerting_service_client::AlertingServiceClient;
 use tenantmeter_proto::v1::meter_service_client::MeterServiceClient;
 use tenantmeter_runtime::client::{self, ClientOptions, TracedChannel};
-use tenantmeter_runtime::clock::{Clock, ManualClock, SystemClock};
+use tenantmeter_runtime::clock::{Clock, ManualClock};
 use tenantmeter_runtime::config::{
     ConfigError, ConfigLoader, EXIT_CONFIG, TelemetryConfig, Validate,
 };
@@ -220,7 +220,6 @@ impl Stack {
         prepared: &Prepared,
         redis_url: String,
         clock: &ManualClock,
-        start: SystemTime,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Self> {
         let token = random_token()?;
@@ -237,12 +236,8 @@ impl Stack {
             .meter
             .allowed_lateness
             .max(prepared.step + Duration::from_secs(60));
-        // Rollups expire at their period's end plus the retention, on the
-        // Redis server's real clock: stretch the retention by the data's age,
-        // or last month's replay would be deleted as it is written.
-        let age = SystemClock.now().duration_since(start).unwrap_or_default();
-        config.meter.hourly_retention += age;
-        config.meter.daily_retention += age;
+        // Rollup TTLs run from the meter's clock (the replay's), so last
+        // month's replay keeps its rollups as a live meter keeps today's.
         config.alerting.listen = any;
         config.alerting.tls = None;
         config.alerting.redis_cluster = false;
@@ -335,7 +330,7 @@ async fn replay(
     let start = input::floor_to(first, step);
     let last_step = input::floor_to(last, step);
     let clock = ManualClock::new(start);
-    let mut stack = Stack::start(config, prepared, redis_url, &clock, start, shutdown).await?;
+    let mut stack = Stack::start(config, prepared, redis_url, &clock, shutdown).await?;
 
     let steps = steps_between(start, last_step, step) + 1;
     let mut tracker = Tracker::default();
