@@ -525,15 +525,14 @@ impl Engine {
     ) -> Result<(), PassError> {
         // The shard's state: ours in memory, or (what-if on a shard held
         // elsewhere) as stored.
-        // A committing pass takes the shard's state out of the map and puts
-        // it back when done (no copy of every baseline per pass); if the pass
-        // fails it stays out, and the next lease renewal reloads it from
-        // Redis, which has exactly what was committed. A what-if works on a
-        // copy.
-        let held = match mode {
-            PassMode::Commit => self.shards.lock().await.remove(&shard),
-            PassMode::WhatIf => self.shards.lock().await.get(&shard).cloned(),
-        };
+        // A pass takes the shard's state out of the map and puts it back
+        // when done (no copy of every baseline per pass: a what-if over
+        // 100,000 tenants copied ~400 MB); passes are serialized, so no other
+        // pass looks for it meanwhile. If the pass fails the state stays out,
+        // and the next lease renewal reloads it from Redis, which has exactly
+        // what was committed. A what-if changes nothing in it.
+        let held = self.shards.lock().await.remove(&shard);
+        let ours = held.is_some();
         let mut memory = match held {
             Some(memory) => memory,
             None => ShardMemory::from(self.state.load_shard(shard).await?),
@@ -629,6 +628,8 @@ impl Engine {
                 self.state.put_summary(shard, &summary).await?;
             }
             self.flush_outbox(shard, &mut memory).await;
+            self.shards.lock().await.insert(shard, memory);
+        } else if ours {
             self.shards.lock().await.insert(shard, memory);
         }
         Ok(())

@@ -639,6 +639,17 @@ impl Meter {
         let snapshot: UsageSnapshot = self
             .within(self.store.usage(tenant, as_of, include_models, wanted))
             .await?;
+        Ok(self.usage_proto(tenant, as_of, wanted, &snapshot))
+    }
+
+    /// A snapshot as the contract's `TenantUsage`, charges from the plan.
+    fn usage_proto(
+        &self,
+        tenant: &TenantId,
+        as_of: i64,
+        wanted: &[Window],
+        snapshot: &UsageSnapshot,
+    ) -> pb::TenantUsage {
         let book = self.prices.current();
         // Borrowed, not cloned: a listing prices every tenant of the fleet.
         let plan = book
@@ -673,7 +684,7 @@ impl Meter {
                 ],
             })
             .collect();
-        Ok(pb::TenantUsage {
+        pb::TenantUsage {
             tenant_id: tenant.to_string(),
             as_of: Some(ms_timestamp(as_of)),
             windows: window_usage(&snapshot.windows)
@@ -703,7 +714,7 @@ impl Meter {
             models,
             last_event_time: snapshot.last_event_ms.map(ms_timestamp),
             price_book_version: book.map_or(0, |b| b.version),
-        })
+        }
     }
 
     /// GetUsage.
@@ -793,13 +804,20 @@ impl Meter {
             }
             index_shard += 1;
         }
-        let tenants = futures::future::join_all(
+        let tenants = if request.include_models {
+            futures::future::join_all(page.iter().map(|t| self.usage(t, as_of, true, &wanted)))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            let snapshots = self
+                .within(self.store.usage_page(&page, as_of, &wanted))
+                .await?;
             page.iter()
-                .map(|t| self.usage(t, as_of, request.include_models, &wanted)),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+                .zip(&snapshots)
+                .map(|(tenant, snapshot)| self.usage_proto(tenant, as_of, &wanted, snapshot))
+                .collect()
+        };
         Ok(pb::ListTenantUsageResponse {
             tenants,
             next_page_token: next.unwrap_or_default(),

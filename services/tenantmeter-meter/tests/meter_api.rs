@@ -653,6 +653,29 @@ async fn history_and_listing(backend: Backend) {
     for tenant in &five.tenants {
         let windows: Vec<_> = tenant.windows.iter().map(|w| w.window()).collect();
         assert_eq!(windows, [pb::UsageWindow::FiveMinutes]);
+        // The page's figures (read for the whole page at once on one
+        // server) are the tenant's own, as GetUsage reads them alone.
+        let alone = meter
+            .get_usage(pb::GetUsageRequest {
+                tenant_id: tenant.tenant_id.clone(),
+                as_of: tenant.as_of,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .usage
+            .unwrap();
+        assert_eq!(tenant.periods, alone.periods, "{}", tenant.tenant_id);
+        assert_eq!(tenant.in_flight, alone.in_flight, "{}", tenant.tenant_id);
+        assert_eq!(tenant.last_event_time, alone.last_event_time);
+        let alone_five: Vec<_> = alone
+            .windows
+            .iter()
+            .filter(|w| w.window() == pb::UsageWindow::FiveMinutes)
+            .cloned()
+            .collect();
+        assert_eq!(tenant.windows, alone_five, "{}", tenant.tenant_id);
     }
     let bad_window = meter
         .list_tenant_usage(pb::ListTenantUsageRequest {
